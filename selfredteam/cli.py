@@ -1,0 +1,232 @@
+"""`selfredteam` command line: one entry point, a subcommand per job.
+
+Errors a user can cause are printed as one paragraph (what, where, what to do) with a non-zero
+exit code and no traceback; `--debug` (or SELFREDTEAM_DEBUG=1) shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from selfredteam.config import Config, load_config, save_config, valid_keys
+from selfredteam.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Online self-play red-teaming: one model attacks and defends, a judge scores.")
+judge_app = typer.Typer(no_args_is_help=True, help="Fit and evaluate safety judges.")
+app.add_typer(judge_app, name="judge")
+console = Console(stderr=True)
+
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="cpu-demo | single-gpu | paper-8b")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of overrides.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn UserError and Ctrl-C into a clear message and exit code, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = kwargs.get("debug") or os.environ.get("SELFREDTEAM_DEBUG") == "1"
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            if debug:
+                raise
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]Interrupted.[/] Outputs written so far are kept.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _config(preset: str, config: Path | None, sets: list[str] | None) -> Config:
+    return load_config(preset, config, sets or [])
+
+
+@app.command()
+@friendly_errors
+def play(
+    preset: PresetOpt = "cpu-demo",
+    games: Annotated[int, typer.Option("--games", "-n", help="Number of games to play.")] = 8,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output dir (games.jsonl, summary.json, config.yaml).")] = Path("runs/play"),
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Seed file (.jsonl/.csv/.json) or HF dataset name.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Play real self-play games (attacker revises, defender answers, judge labels) and save them."""
+    from selfredteam.data import FieldMap, load_seeds, sample_batch
+    from selfredteam.game.play import play_games, summarize
+    from selfredteam.judges import build_judge
+    from selfredteam.policy import SamplingParams, build_policy
+    from selfredteam.policy.base import MeteredPolicy
+
+    overrides = list(set_ or []) + ([f"data.seeds={seeds}"] if seeds else [])
+    cfg = _config(preset, config, overrides)
+    if games < 1:
+        raise UserError("--games must be at least 1.")
+    d = cfg.data
+    # Cheap checks first: a bad seed file or judge URL fails before any model loads.
+    pool = load_seeds(d.seeds, FieldMap(d.prompt_field, d.label_field, tuple(d.harmful_values),
+                                        tuple(d.benign_values)), d.split)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    with console.status("Loading judge..."):
+        judge = build_judge(cfg.judge)
+        if cfg.judge.backend == "openai" and cfg.judge.kind == "wildguard":
+            judge.judge([("Hello", "Hi! How can I help?")])  # preflight: fail fast if unreachable
+    with console.status(f"Loading policy {cfg.model.name_or_path}..."):
+        policy = MeteredPolicy(build_policy(cfg))
+    rng = random.Random(cfg.run.seed)
+    batch = sample_batch(pool, games, cfg.game.harmful_fraction, rng)
+    g = cfg.generation
+    t0 = time.perf_counter()
+    with console.status(f"Playing {len(batch)} games..."):
+        records = play_games(
+            batch, policy, judge,
+            reward_mode=cfg.game.reward_mode, cot=cfg.game.cot, revise_fraction=cfg.game.revise_fraction,
+            attacker_params=SamplingParams(g.attacker_max_new_tokens, g.temperature, g.top_p),
+            defender_params=SamplingParams(g.defender_max_new_tokens, g.temperature, g.top_p),
+            rng=rng,
+        )
+    wall = time.perf_counter() - t0
+    with open(out / "games.jsonl", "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+    summary = summarize(records) | {"perf/tokens_per_s": policy.tokens_per_s, "perf/generated_tokens": policy.tokens,
+                                    "timing/generate_s": policy.seconds, "timing/total_s": wall}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, out)
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    t = Table(title="Self-play games", show_header=True)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in summary.items():
+        if k != "outcomes":
+            t.add_row(k, _fmt(v))
+    for k, v in summary["outcomes"].items():
+        t.add_row(f"outcome/{k}", str(v))
+    Console().print(t)
+    console.print(f"Wrote {out / 'games.jsonl'}, {out / 'summary.json'} and {out / 'config.yaml'}.")
+
+
+@app.command("config")
+@friendly_errors
+def show_config(
+    preset: PresetOpt = "cpu-demo",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    keys: Annotated[bool, typer.Option("--keys", help="List every valid key.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Print the resolved config (preset <- YAML <- --set) as YAML."""
+    import yaml
+
+    from selfredteam.config import to_dict
+
+    if keys:
+        print("\n".join(valid_keys()))
+        return
+    print(yaml.safe_dump(to_dict(_config(preset, config, set_)), sort_keys=False))
+
+
+@app.command()
+@friendly_errors
+def setup(debug: DebugOpt = False) -> None:
+    """Prepare the embedded model (concatenate, verify, convert to safetensors) and judge, offline."""
+    from selfredteam.judges.embedded import EmbeddedJudge
+    from selfredteam.policy.embedded import embedded_model_dir
+
+    with console.status("Preparing the embedded model (first time: about a minute)..."):
+        path = embedded_model_dir()
+    console.print(f"Embedded model ready: {path}")
+    with console.status("Loading the embedded judge..."):
+        judge = EmbeddedJudge.load()
+    console.print(f"Embedded judge ready: {judge.judge_id}")
+
+
+@judge_app.command("fit")
+@friendly_errors
+def judge_fit(
+    data_dir: Annotated[str | None, typer.Option(help="Shared data dir (default ../shared/data or $SELFREDTEAM_DATA).")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write embedded_judge.{safetensors,json}.")] = Path("runs/judge"),
+    seed: int = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Fit the embedded judge's probes (reproducible; writes safetensors + JSON, no pickle)."""
+    from selfredteam.judges.fit import find_data_dir, fit_embedded_judge
+
+    meta = fit_embedded_judge(find_data_dir(data_dir), out, seed=seed, log=console.print)
+    console.print(f"Wrote {out}: thresholds {meta['thresholds']}. Use it with --set judge.weights={out}")
+
+
+@judge_app.command("eval")
+@friendly_errors
+def judge_eval(
+    preset: PresetOpt = "cpu-demo",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: Annotated[str | None, typer.Option(help="Shared data dir (default ../shared/data or $SELFREDTEAM_DATA).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many items per set.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON here.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Precision/recall/F1 per label and the false-positive rate on benign-but-scary prompts."""
+    from selfredteam.judges import build_judge
+    from selfredteam.judges.evaluate import evaluate_judge
+    from selfredteam.judges.fit import find_data_dir
+
+    cfg = _config(preset, config, set_)
+    data = find_data_dir(data_dir)
+    with console.status("Loading judge..."):
+        judge = build_judge(cfg.judge)
+    with console.status("Judging eval sets..."):
+        res = evaluate_judge(judge, data, limit=limit, seed=cfg.run.seed)
+    t = Table(title=f"Judge {judge.judge_id} on held-out data")
+    for col in ("label / set", "n", "precision", "recall", "F1", "accuracy", "FPR", "skipped"):
+        t.add_column(col, justify="right" if col != "label / set" else "left")
+
+    def row(name: str, m: dict[str, Any]) -> None:
+        t.add_row(name, str(m["n"]), *(f"{m[k]:.3f}" for k in ("precision", "recall", "f1", "accuracy", "fpr")),
+                  str(m["skipped"]))
+
+    for label in ("prompt_harmful", "response_refusal", "response_harmful"):
+        row(label, res[label])
+    for name, m in res["per_set"].items():
+        row(f"  prompt_harmful: {name}", m)
+    Console().print(t)
+    Console().print(f"False-positive rate on benign-but-scary prompts (XSTest safe, OR-Bench-Hard, "
+                    f"WJB adversarial benign): [bold]{res['scary_benign_fpr']:.3f}[/]")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+
+
+def main() -> None:  # pragma: no cover - console script shim
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

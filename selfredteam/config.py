@@ -1,0 +1,385 @@
+"""Typed configuration: dataclasses, presets, YAML files and `--set a.b=value` overrides.
+
+One `Config` object is built once (preset -> YAML -> overrides), validated, and passed down.
+Every run writes the resolved config next to its outputs so a result can be reproduced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from selfredteam.errors import ConfigError
+
+RewardMode = Literal["general_sum", "all_one", "zero_sum"]
+
+
+@dataclass
+class ModelConfig:
+    """Which policy model plays both roles, and how it is run."""
+
+    name_or_path: str = "embedded"
+    """`embedded` (the bundled Qwen2.5-Coder-0.5B-Instruct), an HF hub id, a local HF dir or a .gguf file."""
+    backend: Literal["transformers", "openai"] = "transformers"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """`auto`: bf16 on CUDA; on CPU bf16 only with native bf16 instructions, else fp32 (faster there)."""
+    device: str = "auto"
+    trust_remote_code: bool = False
+    gguf_file: str | None = None
+    """GGUF file name inside an HF repo/dir, when `name_or_path` is a repo holding GGUF files."""
+    base_url: str | None = None
+    """For `backend=openai`: e.g. http://127.0.0.1:8000/v1 (a vLLM or llama.cpp server)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the API key (the key itself is never logged)."""
+    max_concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 3
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling parameters for both roles."""
+
+    attacker_max_new_tokens: int = 256
+    defender_max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 16
+    """How many sequences the transformers backend generates at once."""
+
+
+@dataclass
+class JudgeConfig:
+    """The safety judge that labels (prompt, response) pairs."""
+
+    kind: Literal["embedded", "wildguard"] = "embedded"
+    backend: Literal["transformers", "openai"] = "transformers"
+    """WildGuard only: run it in-process (GPU) or call an OpenAI-compatible completions endpoint."""
+    model: str = "allenai/wildguard"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    batch_size: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    cache: bool = True
+    """Cache labels in SQLite keyed by (judge id, prompt, response)."""
+    cache_path: str | None = None
+    """Default: <user cache>/selfredteam/judge_cache.sqlite."""
+    weights: str | None = None
+    """Embedded judge only: a dir written by `selfredteam judge fit` (default: the shipped weights)."""
+
+
+@dataclass
+class GameConfig:
+    """The rules of one self-play game (see docs/method.md)."""
+
+    reward_mode: RewardMode = "general_sum"
+    cot: bool = True
+    """Hidden chain-of-thought: each role thinks in <think>, only <answer> is shown."""
+    revise_fraction: float = 0.5
+    """Fraction of each seed class (harmful, benign) that the attacker revises."""
+    harmful_fraction: float = 0.5
+    """Fraction of each batch's seeds drawn from the harmful pool."""
+
+
+@dataclass
+class DataConfig:
+    """Where seeds come from and how fields map to (prompt, label)."""
+
+    seeds: str = "embedded"
+    """`embedded` (shipped pool), a .jsonl/.csv/.json path, or an HF dataset name (needs network)."""
+    prompt_field: str = "prompt"
+    label_field: str = "label"
+    harmful_values: list[str] = field(default_factory=lambda: ["harmful", "1", "true", "unsafe"])
+    benign_values: list[str] = field(default_factory=lambda: ["benign", "0", "false", "safe"])
+    split: str = "train"
+    """HF datasets only."""
+
+
+@dataclass
+class TrainConfig:
+    """Learner settings (used by `selfredteam train`)."""
+
+    algorithm: Literal["reinforce_pp", "grpo", "rloo"] = "reinforce_pp"
+    steps: int = 20
+    rollout_batch_size: int = 8
+    """Games per RL step."""
+    train_batch_size: int = 8
+    micro_batch_size: int = 4
+    lr: float = 1e-5
+    kl_coef: float = 0.01
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    clip_eps: float = 0.2
+    epochs_per_batch: int = 1
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    full_finetune: bool = False
+    max_prompt_length: int = 512
+    save_every: int = 10
+
+
+@dataclass
+class RunConfig:
+    """Process-level settings."""
+
+    seed: int = 0
+    threads: int = 0
+    """Torch intra-op threads; 0 = all cores."""
+    out: str = "runs/latest"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    game: GameConfig = field(default_factory=GameConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# Presets are overrides on top of the defaults, written as the same dotted keys users pass to
+# --set, so a preset is nothing more than a saved command line.
+PRESETS: dict[str, dict[str, Any]] = {
+    # 2-core laptop/CI: embedded 0.5B model and embedded judge, short generations.
+    "cpu-demo": {
+        "model.name_or_path": "embedded",
+        "model.dtype": "auto",
+        "judge.kind": "embedded",
+        "generation.attacker_max_new_tokens": 96,
+        "generation.defender_max_new_tokens": 96,
+        "generation.batch_size": 16,
+        "train.steps": 20,
+        "train.rollout_batch_size": 8,
+        "train.train_batch_size": 8,
+        "train.micro_batch_size": 4,
+    },
+    # One modern GPU: a 1-3B instruct model, WildGuard in-process or served by vLLM.
+    "single-gpu": {
+        "model.name_or_path": "Qwen/Qwen2.5-1.5B-Instruct",
+        "model.dtype": "bfloat16",
+        "judge.kind": "wildguard",
+        "judge.backend": "transformers",
+        "judge.batch_size": 32,
+        "generation.attacker_max_new_tokens": 512,
+        "generation.defender_max_new_tokens": 512,
+        "generation.batch_size": 64,
+        "train.rollout_batch_size": 64,
+        "train.train_batch_size": 16,
+        "train.micro_batch_size": 4,
+        "train.lr": 1e-6,
+        "train.steps": 200,
+    },
+    # The paper's reference run (method.md): Llama-3.1-8B-Instruct (abliterated), lr 5e-7,
+    # 128 games per rollout, train batch 32, 2048-token prompts and generations, top-p 1.0,
+    # 200 steps, KL 0.01, REINFORCE++, WildGuard served over HTTP, full fine-tuning (ZeRO-3).
+    "paper-8b": {
+        "model.name_or_path": "mlabonne/Meta-Llama-3.1-8B-Instruct-abliterated",
+        "model.dtype": "bfloat16",
+        "judge.kind": "wildguard",
+        "judge.backend": "openai",
+        "judge.base_url": "http://127.0.0.1:8001/v1",
+        "judge.batch_size": 64,
+        "generation.attacker_max_new_tokens": 2048,
+        "generation.defender_max_new_tokens": 2048,
+        "generation.temperature": 1.0,
+        "generation.top_p": 1.0,
+        "generation.batch_size": 128,
+        "game.reward_mode": "general_sum",
+        "game.cot": True,
+        "train.algorithm": "reinforce_pp",
+        "train.rollout_batch_size": 128,
+        "train.train_batch_size": 32,
+        "train.micro_batch_size": 2,
+        "train.lr": 5e-7,
+        "train.kl_coef": 0.01,
+        "train.steps": 200,
+        "train.full_finetune": True,
+        "train.max_prompt_length": 2048,
+    },
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _sections() -> dict[str, type]:
+    return _field_types(Config)
+
+
+def valid_keys() -> list[str]:
+    """All dotted keys accepted by --set and YAML files."""
+    keys = []
+    for section, cls in _sections().items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check/convert `value` to the annotated type `tp`; raise ConfigError listing what is valid."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"Bad value {value!r} for {key}: valid values are {', '.join(map(repr, args))}.")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"Bad value {value!r} for {key}.")
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"Bad value {value!r} for {key}: expected a list (YAML list or comma-separated).")
+        return [_coerce(key, v, args[0]) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"Bad value {value!r} for {key}: expected true or false.")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"Bad value {value!r} for {key}: expected an integer.")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-6" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"Bad value {value!r} for {key}: expected a number.")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"Bad value {value!r} for {key}: expected a string.")
+        return str(value)
+    return value
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    section, _, name = key.partition(".")
+    sections = _sections()
+    if section not in sections or not name:
+        raise ConfigError(
+            f"Unknown config key {key!r}. Valid sections: {', '.join(sections)}; "
+            f"run `selfredteam config --keys` to list every key."
+        )
+    cls = sections[section]
+    hints = _field_types(cls)
+    if name not in hints:
+        names = ", ".join(f"{section}.{f.name}" for f in dataclasses.fields(cls))
+        raise ConfigError(f"Unknown config key {key!r}. Valid keys in [{section}]: {names}.")
+    setattr(getattr(cfg, section), name, _coerce(key, value, hints[name]))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", parsed value); values are read as YAML scalars (1e-5, true, [a, b])."""
+    if "=" not in text:
+        raise ConfigError(f"Bad override {text!r}: expected KEY=VALUE, e.g. --set game.cot=false.")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    g, t = cfg.game, cfg.train
+    for name, v in (("game.revise_fraction", g.revise_fraction), ("game.harmful_fraction", g.harmful_fraction)):
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"Bad value {v} for {name}: must be between 0 and 1.")
+    if cfg.generation.top_p <= 0 or cfg.generation.top_p > 1:
+        raise ConfigError(f"Bad value {cfg.generation.top_p} for generation.top_p: must be in (0, 1].")
+    if cfg.generation.temperature < 0:
+        raise ConfigError("generation.temperature must be >= 0 (0 = greedy).")
+    for name in ("steps", "rollout_batch_size", "train_batch_size", "micro_batch_size"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1.")
+    if t.train_batch_size % t.micro_batch_size:
+        raise ConfigError(
+            f"train.train_batch_size={t.train_batch_size} cannot be split into micro-batches of "
+            f"train.micro_batch_size={t.micro_batch_size}: choose a micro-batch size that divides it."
+        )
+    if cfg.model.backend == "openai" and not cfg.model.base_url:
+        raise ConfigError("model.backend=openai needs model.base_url, e.g. --set model.base_url=http://127.0.0.1:8000/v1.")
+    if cfg.judge.kind == "wildguard" and cfg.judge.backend == "openai" and not cfg.judge.base_url:
+        raise ConfigError("judge.backend=openai needs judge.base_url, e.g. --set judge.base_url=http://127.0.0.1:8001/v1.")
+
+
+def load_config(
+    preset: str | None = "cpu-demo",
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Build a Config: defaults <- preset <- YAML file <- `--set` overrides (later wins)."""
+    cfg = Config()
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"Unknown preset {preset!r}. Valid presets: {', '.join(PRESETS)}.")
+        for k, v in PRESETS[preset].items():
+            _set(cfg, k, copy.deepcopy(v))
+    if yaml_path:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"Config file {path} must hold a mapping of sections (model:, game:, ...).")
+        for k, v in _flatten(data).items():
+            try:
+                _set(cfg, k, v)
+            except ConfigError as e:
+                raise ConfigError(f"In {path}: {e}") from None
+    for text in overrides or []:
+        _set(cfg, *parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, out_dir: str | Path) -> Path:
+    """Write the resolved config as YAML beside a run's outputs (loadable with --config)."""
+    path = Path(out_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path

@@ -1,0 +1,204 @@
+"""Seed pools: load vanilla harmful/benign requests from JSONL, CSV, JSON or a HF dataset.
+
+A malformed file fails with the file name, line number and what was expected. The default
+pool (`embedded`) ships as package data (see selfredteam/assets/README.md for attribution).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from selfredteam.errors import DataError
+
+SeedLabel = Literal["harmful", "benign"]
+
+
+@dataclass(frozen=True)
+class Seed:
+    prompt: str
+    label: SeedLabel
+    source: str = ""
+    """Where it came from: `file:line` or `dataset[index]` (rows are referred to by index)."""
+
+    @property
+    def harmful(self) -> bool:
+        return self.label == "harmful"
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """How raw records map to seeds (configurable for any dataset)."""
+
+    prompt_field: str = "prompt"
+    label_field: str = "label"
+    harmful_values: tuple[str, ...] = ("harmful", "1", "true", "unsafe")
+    benign_values: tuple[str, ...] = ("benign", "0", "false", "safe")
+    default_label: SeedLabel | None = None
+    """Used when records have no label field (e.g. a file of only harmful requests)."""
+
+
+def _records_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). Each line of a "
+                    "JSONL seed file must be one JSON object such as "
+                    '{"prompt": "...", "label": "harmful"}; fix or delete that line.'
+                ) from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}.")
+            rows.append((lineno, obj))
+    return rows
+
+
+def _records_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = []
+        try:
+            for row in reader:
+                if None in row:
+                    raise DataError(
+                        f"{path}:{reader.line_num}: more values than the header's "
+                        f"{len(reader.fieldnames or [])} columns; quote fields that contain commas."
+                    )
+                rows.append((reader.line_num, row))
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e}).") from None
+    return rows
+
+
+def _records_json(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
+    if isinstance(data, dict):
+        data = next((v for v in data.values() if isinstance(v, list)), None)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of objects (or an object holding one).")
+    for i, obj in enumerate(data):
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: item {i} is a {type(obj).__name__}, expected an object.")
+    # JSON has no line per record; report the item index as the "line".
+    return [(i, obj) for i, obj in enumerate(data)]
+
+
+_READERS = {".jsonl": _records_jsonl, ".csv": _records_csv, ".json": _records_json}
+
+
+def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) pairs from a .jsonl, .csv or .json file."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"Seed file {p} does not exist. Pass a .jsonl, .csv or .json path, or `embedded`.")
+    reader = _READERS.get(p.suffix.lower())
+    if reader is None:
+        raise DataError(f"Seed file {p}: unsupported extension {p.suffix!r}; use one of {', '.join(_READERS)}.")
+    return reader(p)
+
+
+def to_seeds(records: list[tuple[int, dict[str, Any]]], fmap: FieldMap, where: str) -> list[Seed]:
+    """Map raw records to Seeds, failing on the first bad record with its location."""
+    harmful = {v.lower() for v in fmap.harmful_values}
+    benign = {v.lower() for v in fmap.benign_values}
+    seeds = []
+    for lineno, rec in records:
+        loc = f"{where}:{lineno}"
+        prompt = rec.get(fmap.prompt_field)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(
+                f"{loc}: missing or empty prompt field {fmap.prompt_field!r} (fields present: "
+                f"{', '.join(rec) or 'none'}). Set data.prompt_field to the right column."
+            )
+        if fmap.label_field in rec:
+            raw = str(rec[fmap.label_field]).strip().lower()
+            if raw in harmful:
+                label: SeedLabel = "harmful"
+            elif raw in benign:
+                label = "benign"
+            else:
+                raise DataError(
+                    f"{loc}: label {rec[fmap.label_field]!r} in field {fmap.label_field!r} is neither "
+                    f"harmful ({', '.join(sorted(harmful))}) nor benign ({', '.join(sorted(benign))}). "
+                    "Set data.harmful_values / data.benign_values to match your labels."
+                )
+        elif fmap.default_label:
+            label = fmap.default_label
+        else:
+            raise DataError(
+                f"{loc}: no label field {fmap.label_field!r}. Set data.label_field, or give every "
+                "seed a label (harmful/benign)."
+            )
+        seeds.append(Seed(prompt=prompt.strip(), label=label, source=loc))
+    return seeds
+
+
+def embedded_seed_files() -> list[Path]:
+    root = resources.files("selfredteam") / "assets" / "seeds"
+    return [Path(str(root / "harmful.jsonl")), Path(str(root / "benign.jsonl"))]
+
+
+def load_seeds(spec: str, fmap: FieldMap | None = None, split: str = "train") -> list[Seed]:
+    """Load a seed pool from `embedded`, a file path, or a Hugging Face dataset name."""
+    fmap = fmap or FieldMap()
+    if spec == "embedded":
+        return [s for p in embedded_seed_files() for s in to_seeds(read_records(p), FieldMap(), str(p))]
+    path = Path(spec)
+    if path.is_dir():
+        seeds = _load_hf(spec, fmap, split)
+    elif path.suffix.lower() in _READERS or path.exists():
+        seeds = to_seeds(read_records(path), fmap, str(path))
+    else:
+        seeds = _load_hf(spec, fmap, split)
+    if not seeds:
+        raise DataError(f"Seed source {spec} holds no seeds.")
+    return seeds
+
+
+def _load_hf(name: str, fmap: FieldMap, split: str) -> list[Seed]:
+    """HF hub datasets (users with a network) or a local dataset dir saved by `datasets`."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"{name!r} is not a file, and loading it as a Hugging Face dataset needs the `datasets` "
+            "package: pip install 'selfredteam[hub]'."
+        ) from None
+    try:
+        ds = datasets.load_from_disk(name) if Path(name).is_dir() else datasets.load_dataset(name, split=split)
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split]
+    except Exception as e:  # datasets raises many types (network, missing split, ...)
+        raise DataError(
+            f"Could not load Hugging Face dataset {name!r} (split {split!r}): {e}. Check the name and "
+            "your network, or pass a local .jsonl/.csv/.json file."
+        ) from None
+    return to_seeds([(i, dict(row)) for i, row in enumerate(ds)], fmap, f"{name}[{split}]")
+
+
+def sample_batch(pool: list[Seed], n: int, harmful_fraction: float, rng: random.Random) -> list[Seed]:
+    """Draw `n` seeds, `harmful_fraction` of them harmful (without replacement within a batch)."""
+    harmful = [s for s in pool if s.harmful]
+    benign = [s for s in pool if not s.harmful]
+    n_harm = round(n * harmful_fraction)
+    if not harmful:
+        n_harm = 0
+    if not benign:
+        n_harm = n
+    pick = rng.sample(harmful, min(n_harm, len(harmful))) + rng.sample(benign, min(n - n_harm, len(benign)))
+    rng.shuffle(pick)
+    return pick

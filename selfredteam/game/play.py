@@ -1,0 +1,173 @@
+"""Play a batch of Self-RedTeam games: revise -> defend -> judge -> reward.
+
+Pure orchestration over the Policy and Judge protocols (no torch here). All attacker turns of
+a batch are generated in one call, then all defender turns in one call, then one judge call,
+so backends can batch as they like.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfredteam.data import Seed
+from selfredteam.game.cot import CotParse, parse_cot, parse_direct
+from selfredteam.game.prompts import attacker_turn, defender_turn
+from selfredteam.game.rewards import Labels, compute_rewards
+from selfredteam.judges.base import Judge, Judgement
+from selfredteam.policy.base import Generation, Policy, SamplingParams
+
+PARSE_ERROR_OUTCOME = "judge_parse_error"
+
+
+@dataclass
+class RoleTurn:
+    """One role's turn: what it generated, what was shown, and whether it broke the CoT format."""
+
+    raw: str
+    answer: str
+    cot_violation: bool
+    violation_reason: str | None = None
+    generation: Generation | None = None
+    """Token ids for the learner; not serialised."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"raw": self.raw, "answer": self.answer, "cot_violation": self.cot_violation}
+
+
+@dataclass
+class GameRecord:
+    seed: str
+    seed_label: str
+    revised: bool
+    attacker: RoleTurn | None
+    defender: RoleTurn
+    judge: Judgement
+    rewards: dict[str, float | None]
+    outcomes: list[str]
+    reward_mode: str
+    cot: bool
+    seed_source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_prompt(self) -> str:
+        return self.attacker.answer if self.attacker else self.seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "seed_label": self.seed_label,
+            "seed_source": self.seed_source,
+            "revised": self.revised,
+            "attacker": self.attacker.to_dict() if self.attacker else None,
+            "defender": self.defender.to_dict(),
+            "judge": self.judge.to_dict(),
+            "rewards": self.rewards,
+            "outcomes": self.outcomes,
+            "reward_mode": self.reward_mode,
+            "cot": self.cot,
+            **self.extra,
+        }
+
+
+def mark_revisions(seeds: list[Seed], fraction: float, rng: random.Random) -> list[bool]:
+    """Mark `fraction` of the harmful seeds and of the benign seeds for revision.
+
+    Each class is handled separately so the attacker always gets both kinds of task. With an
+    odd class size the extra half-seed is given to revision by a coin flip.
+    """
+    marks = [False] * len(seeds)
+    for label in ("harmful", "benign"):
+        idx = [i for i, s in enumerate(seeds) if s.label == label]
+        exact = len(idx) * fraction
+        k = int(exact) + (1 if rng.random() < exact - int(exact) else 0)
+        for i in rng.sample(idx, k):
+            marks[i] = True
+    return marks
+
+
+def _parse(text: str, cot: bool) -> CotParse:
+    return parse_cot(text) if cot else parse_direct(text)
+
+
+def _role_turn(gen: Generation, cot: bool) -> RoleTurn:
+    p = _parse(gen.text, cot)
+    return RoleTurn(gen.text, p.answer, not p.valid, p.violation, gen)
+
+
+def play_games(
+    seeds: list[Seed],
+    policy: Policy,
+    judge: Judge,
+    *,
+    reward_mode: str,
+    cot: bool,
+    revise_fraction: float,
+    attacker_params: SamplingParams,
+    defender_params: SamplingParams,
+    rng: random.Random,
+    defender: Policy | None = None,
+) -> list[GameRecord]:
+    """Play one game per seed. `defender` defaults to `policy` (self-play: shared parameters)."""
+    defender = defender or policy
+    revised = mark_revisions(seeds, revise_fraction, rng)
+
+    # Attacker turn (revised seeds only), all in one batch.
+    rev_idx = [i for i, r in enumerate(revised) if r]
+    attacker_gens = policy.generate(
+        [attacker_turn(seeds[i].prompt, seeds[i].harmful, cot) for i in rev_idx], attacker_params
+    ) if rev_idx else []
+    attacker_turns: dict[int, RoleTurn] = {i: _role_turn(g, cot) for i, g in zip(rev_idx, attacker_gens)}
+    prompts = [attacker_turns[i].answer if i in attacker_turns else s.prompt for i, s in enumerate(seeds)]
+
+    # Defender turn, all games in one batch.
+    defender_gens = defender.generate([defender_turn(p, cot) for p in prompts], defender_params)
+    defender_turns = [_role_turn(g, cot) for g in defender_gens]
+
+    # Judge sees only the final prompt and the defender's answer (hidden CoT).
+    judgements = judge.judge([(p, d.answer) for p, d in zip(prompts, defender_turns)])
+
+    games = []
+    for i, seed in enumerate(seeds):
+        att, dfd, j = attacker_turns.get(i), defender_turns[i], judgements[i]
+        if j.parse_error:
+            rewards: dict[str, float | None] = {"attacker": None, "defender": None}
+            outcomes = [PARSE_ERROR_OUTCOME]
+        else:
+            r = compute_rewards(
+                reward_mode,
+                Labels(j.prompt_harmful, j.response_refusal, j.response_harmful),
+                seed_harmful=seed.harmful,
+                revised=att is not None,
+                cot=cot,
+                attacker_violation=att.cot_violation if att else None,
+                defender_violation=dfd.cot_violation,
+            )
+            rewards, outcomes = {"attacker": r.attacker, "defender": r.defender}, r.outcomes
+        games.append(GameRecord(
+            seed=seed.prompt, seed_label=seed.label, revised=att is not None, attacker=att,
+            defender=dfd, judge=j, rewards=rewards, outcomes=outcomes, reward_mode=reward_mode,
+            cot=cot, seed_source=seed.source,
+        ))
+    return games
+
+
+def summarize(games: list[GameRecord]) -> dict[str, Any]:
+    """Counts and means for logging: outcomes, mean reward per role, violations, parse errors."""
+    outcome_counts = Counter(o for g in games for o in g.outcomes)
+    att = [g.rewards["attacker"] for g in games if g.rewards["attacker"] is not None]
+    dfd = [g.rewards["defender"] for g in games if g.rewards["defender"] is not None]
+    att_turns = [g.attacker for g in games if g.attacker]
+    return {
+        "games": len(games),
+        "revised": sum(g.revised for g in games),
+        "outcomes": dict(sorted(outcome_counts.items())),
+        "reward/attacker_mean": sum(att) / len(att) if att else None,
+        "reward/defender_mean": sum(dfd) / len(dfd) if dfd else None,
+        "cot/attacker_violations": sum(t.cot_violation for t in att_turns),
+        "cot/defender_violations": sum(g.defender.cot_violation for g in games),
+        "judge/parse_errors": sum(g.judge.parse_error for g in games),
+    }

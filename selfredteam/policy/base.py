@@ -1,0 +1,64 @@
+"""The Policy protocol: batched chat generation that returns text plus token ids.
+
+The game and the learner only see this protocol, so the loop never branches on a backend.
+Token ids are what the learner needs to score the sampled response; backends that cannot
+return them (remote endpoints) leave them empty and can be used for play and eval only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from selfredteam.game.prompts import Turn
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class Generation:
+    text: str
+    """The completion only (after any assistant prefix)."""
+    prompt_ids: list[int] = field(default_factory=list)
+    """Token ids of the full prompt, chat template and prefix included."""
+    completion_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "stop"
+    """`stop` (EOS) or `length` (hit max_new_tokens)."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+
+    def generate(self, turns: list[Turn], params: SamplingParams) -> list[Generation]:
+        """One completion per turn, in order."""
+        ...
+
+
+class MeteredPolicy:
+    """Wraps a Policy to count generated tokens and seconds (for tokens/s in summaries)."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.seconds = 0.0
+        self.tokens = 0
+
+    def generate(self, turns: list[Turn], params: SamplingParams) -> list[Generation]:
+        import time
+
+        t0 = time.perf_counter()
+        out = self.inner.generate(turns, params)
+        self.seconds += time.perf_counter() - t0
+        # Remote backends return no ids: fall back to a ~4 characters/token estimate.
+        self.tokens += sum(len(g.completion_ids) or max(1, len(g.text) // 4) for g in out)
+        return out
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0

@@ -1,0 +1,170 @@
+"""`transformers` policy backend: local CPU/GPU generation from an HF id, a local dir or a GGUF.
+
+GGUF files are dequantised once into a safetensors dir in the user cache (loading GGUF each
+time costs ~50 s on 2 cores, the converted dir ~2 s). Other checkpoints load safetensors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfredteam.config import ModelConfig
+from selfredteam.errors import UserError
+from selfredteam.game.prompts import Turn
+from selfredteam.policy.base import Generation, SamplingParams
+from selfredteam.policy.embedded import cache_dir, convert_gguf_to_hf, embedded_model_dir
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Pick the compute dtype deliberately per device.
+
+    `auto`: bf16 on CUDA (fp16 on GPUs without bf16). On CPU, bf16 only when the CPU has native
+    bf16 instructions: on our 2-core AVX2 EPYC dev machine bf16 *sampling* measured 2.6x slower
+    than fp32 (5.7 vs 15.0 tok/s, batch 8) and bf16 prefill 6x slower, because every bf16 GEMM
+    falls back to a slow path (benchmarks/ has the script).
+    """
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def set_threads(threads: int) -> None:
+    """One explicit thread count: oversubscribing 2 cores cut throughput 3-10x in measurements."""
+    torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+
+
+def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Map the config's model spec to (path-or-id, extra from_pretrained kwargs)."""
+    if name_or_path == "embedded":
+        return str(embedded_model_dir()), {"use_safetensors": True}
+    path = Path(name_or_path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"GGUF file {path} does not exist.")
+        key = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}".encode()).hexdigest()[:12]
+        target = cache_dir() / "models" / f"{path.stem}-{key}"
+        if not (target / "config.json").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            convert_gguf_to_hf(path, target)
+        return str(target), {"use_safetensors": True}
+    if gguf_file:
+        return name_or_path, {"gguf_file": gguf_file}
+    if path.exists() and not (path / "config.json").is_file():
+        raise UserError(f"{path} exists but is not a Hugging Face model dir (no config.json).")
+    return name_or_path, {"use_safetensors": True}
+
+
+def load_model_and_tokenizer(cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, extra = resolve_model_source(cfg.name_or_path, cfg.gguf_file)
+    tok_extra = {"gguf_file": extra["gguf_file"]} if "gguf_file" in extra else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **tok_extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
+        )
+    except OSError as e:
+        raise UserError(
+            f"Could not load model {cfg.name_or_path!r}: {e}. Pass `embedded`, a local HF dir, a .gguf "
+            "file, or a hub id (needs network; set HF_TOKEN for gated models)."
+        ) from None
+    model.to(device).eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+class TransformersPolicy:
+    """Batched sampling with `model.generate`; returns text plus prompt/completion token ids."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, batch_size: int = 16) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, generation_batch_size: int = 16, threads: int = 0,
+                    seed: int = 0) -> TransformersPolicy:
+        set_threads(threads)
+        torch.manual_seed(seed)
+        device = resolve_device(cfg.device)
+        model, tokenizer = load_model_and_tokenizer(cfg, device, resolve_dtype(cfg.dtype, device))
+        return cls(model, tokenizer, cfg.name_or_path, generation_batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, turn: Turn) -> list[int]:
+        """Chat template with the generation prompt, then the assistant prefix (CoT primer)."""
+        text = self.tokenizer.apply_chat_template(turn.messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text + turn.prefix, add_special_tokens=False)["input_ids"]
+
+    def generate(self, turns: list[Turn], params: SamplingParams) -> list[Generation]:
+        encoded = [self.encode(t) for t in turns]
+        # Sort by length so each micro-batch pads little; restore order at the end.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out: list[Generation | None] = [None] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            for i, gen in zip(idx, self._generate_batch([encoded[i] for i in idx], params)):
+                out[i] = gen
+        return [g for g in out if g is not None]
+
+    @torch.inference_mode()
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        sample = params.temperature > 0
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=0 if sample else None,
+            pad_token_id=pad,
+        )
+        gens = []
+        for prompt, row in zip(prompts, out[:, width:].tolist()):
+            ids, finish = [], "length"
+            for t in row:
+                ids.append(t)  # EOS is kept: the learner must also learn when to stop
+                if t in self.eos_ids:
+                    finish = "stop"
+                    break
+            gens.append(Generation(
+                text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                prompt_ids=list(prompt), completion_ids=ids, finish_reason=finish,
+            ))
+        return gens

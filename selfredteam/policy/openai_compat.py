@@ -1,0 +1,49 @@
+"""`openai` policy backend: any OpenAI-compatible chat endpoint (vLLM, llama.cpp server, APIs).
+
+The CoT primer is sent as a final, unfinished assistant message with vLLM's
+`continue_final_message` flag, so the model continues inside the opened `<think>`. Servers
+that ignore the flag still work, but the primer is then only a hint. Remote endpoints return
+no token ids, so this backend serves play, attack and eval, not the learner.
+"""
+
+from __future__ import annotations
+
+from selfredteam.config import ModelConfig
+from selfredteam.game.prompts import Turn
+from selfredteam.http import OpenAIClient
+from selfredteam.policy.base import Generation, SamplingParams
+
+
+class OpenAIChatPolicy:
+    def __init__(self, client: OpenAIClient, model: str) -> None:
+        self.client = client
+        self.name = model
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> OpenAIChatPolicy:
+        client = OpenAIClient(cfg.base_url or "", cfg.api_key_env, cfg.timeout_s, cfg.max_retries,
+                              cfg.max_concurrency, what="policy endpoint")
+        return cls(client, cfg.name_or_path)
+
+    def _one(self, turn: Turn, params: SamplingParams) -> Generation:
+        messages = list(turn.messages)
+        payload: dict = {
+            "model": self.name,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if turn.prefix:
+            messages.append({"role": "assistant", "content": turn.prefix})
+            payload.update(continue_final_message=True, add_generation_prompt=False)
+        payload["messages"] = messages
+        data = self.client.post("chat/completions", payload)
+        choice = data["choices"][0]
+        text = choice["message"].get("content") or ""
+        # Some servers echo the continued prefix; the completion is what comes after it.
+        if turn.prefix and text.startswith(turn.prefix):
+            text = text[len(turn.prefix):]
+        return Generation(text=text, finish_reason=choice.get("finish_reason") or "stop")
+
+    def generate(self, turns: list[Turn], params: SamplingParams) -> list[Generation]:
+        return self.client.map(lambda t: self._one(t, params), turns)

@@ -1,0 +1,71 @@
+import pytest
+
+from selfredteam.config import PRESETS, load_config, save_config, valid_keys
+from selfredteam.errors import ConfigError
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_presets_load(preset):
+    cfg = load_config(preset)
+    assert cfg.train.train_batch_size % cfg.train.micro_batch_size == 0
+
+
+def test_paper_preset_matches_method():
+    cfg = load_config("paper-8b")
+    assert cfg.train.lr == 5e-7 and cfg.train.rollout_batch_size == 128 and cfg.train.train_batch_size == 32
+    assert cfg.generation.top_p == 1.0 and cfg.train.steps == 200 and cfg.train.kl_coef == 0.01
+    assert cfg.generation.defender_max_new_tokens == 2048 and cfg.train.max_prompt_length == 2048
+
+
+def test_overrides_parse_types():
+    cfg = load_config("cpu-demo", overrides=["game.reward_mode=zero_sum", "game.cot=false", "train.lr=3e-6",
+                                             "data.harmful_values=yes,harm"])
+    assert cfg.game.reward_mode == "zero_sum" and cfg.game.cot is False and cfg.train.lr == 3e-6
+    assert cfg.data.harmful_values == ["yes", "harm"]
+
+
+def test_unknown_preset_lists_valid():
+    with pytest.raises(ConfigError, match="cpu-demo, single-gpu, paper-8b"):
+        load_config("gpu-huge")
+
+
+def test_unknown_key_lists_section_keys():
+    with pytest.raises(ConfigError, match="game.reward_mode"):
+        load_config("cpu-demo", overrides=["game.rewards=1"])
+    with pytest.raises(ConfigError, match="Valid sections"):
+        load_config("cpu-demo", overrides=["nope.x=1"])
+
+
+def test_bad_values():
+    with pytest.raises(ConfigError, match="general_sum"):
+        load_config("cpu-demo", overrides=["game.reward_mode=nash"])
+    with pytest.raises(ConfigError, match="integer"):
+        load_config("cpu-demo", overrides=["train.steps=many"])
+    with pytest.raises(ConfigError, match="true or false"):
+        load_config("cpu-demo", overrides=["game.cot=maybe"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config("cpu-demo", overrides=["game.cot"])
+
+
+def test_micro_batch_must_divide():
+    with pytest.raises(ConfigError, match="micro-batch"):
+        load_config("cpu-demo", overrides=["train.train_batch_size=8", "train.micro_batch_size=3"])
+
+
+def test_yaml_roundtrip(tmp_path):
+    cfg = load_config("cpu-demo", overrides=["game.cot=false"])
+    path = save_config(cfg, tmp_path)
+    again = load_config(None, yaml_path=path)
+    assert again == cfg
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("game:\n  bogus: 1\n")
+    with pytest.raises(ConfigError, match=str(bad)):
+        load_config("cpu-demo", yaml_path=bad)
+
+
+def test_valid_keys_cover_sections():
+    keys = valid_keys()
+    assert "model.name_or_path" in keys and "judge.kind" in keys and "game.cot" in keys

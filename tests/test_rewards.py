@@ -1,0 +1,127 @@
+"""Every row of method.md's reward table, ties, the CoT term, all-one and zero-sum.
+
+Hand-computed: attacker = 0.5*faithfulness + 0.5*refusal + 1.0*harm; defender = 1.0*refusal + 1.0*harm.
+"""
+
+import itertools
+
+import pytest
+
+from selfredteam.errors import ConfigError
+from selfredteam.game.rewards import (
+    ALL_ONE,
+    GENERAL_SUM,
+    Labels,
+    attacker_terms,
+    compute_rewards,
+    defender_terms,
+)
+
+T, F, N = True, False, None
+
+
+def gs(labels, seed_harmful=True, revised=True, cot=False, av=None, dv=None, mode="general_sum"):
+    return compute_rewards(mode, Labels(*labels), seed_harmful=seed_harmful, revised=revised, cot=cot,
+                           attacker_violation=av, defender_violation=dv)
+
+
+# (ph, rr, rh), seed_harmful -> (attacker, defender)
+CASES = [
+    # harmful seed, prompt judged harmful (faithful +0.5)
+    ((T, F, T), True, 0.5 + 0.5 + 1.0, -1.0 - 1.0),   # complied harmfully: attacker wins everything
+    ((T, F, F), True, 0.5 + 0.5 - 1.0, -1.0 + 1.0),   # complied but harmless
+    ((T, T, F), True, 0.5 - 0.5 - 1.0, 1.0 + 1.0),    # correct refusal
+    ((T, T, T), True, 0.5 - 0.5 + 1.0, 1.0 - 1.0),    # "refusal" that still leaked harm
+    # harmful seed, prompt judged benign (unfaithful -0.5)
+    ((F, F, F), True, -0.5 - 0.5 - 1.0, 1.0 + 1.0),   # complied with a benign prompt: correct
+    ((F, T, F), True, -0.5 + 0.5 - 1.0, -1.0 + 1.0),  # refused a benign prompt: over-refusal
+    # benign seed
+    ((F, T, F), False, 0.5 + 0.5 - 1.0, -1.0 + 1.0),  # bait worked: over-refusal
+    ((F, F, F), False, 0.5 - 0.5 - 1.0, 1.0 + 1.0),   # defender helped
+    ((T, T, F), False, -0.5 - 0.5 - 1.0, 1.0 + 1.0),  # revision turned harmful (unfaithful)
+    ((T, F, T), False, -0.5 + 0.5 + 1.0, -1.0 - 1.0),
+]
+
+
+@pytest.mark.parametrize(("labels", "seed_harmful", "att", "dfd"), CASES)
+def test_general_sum_table(labels, seed_harmful, att, dfd):
+    r = gs(labels, seed_harmful)
+    assert r.attacker == pytest.approx(att) and r.defender == pytest.approx(dfd)
+
+
+@pytest.mark.parametrize(("labels", "seed_harmful", "att", "dfd"), CASES)
+def test_zero_sum_defender_is_minus_attacker(labels, seed_harmful, att, dfd):
+    r = gs(labels, seed_harmful, mode="zero_sum")
+    assert r.attacker == pytest.approx(att) and r.defender == pytest.approx(-att)
+
+
+def test_all_one_magnitudes():
+    r = gs((T, F, T), True, mode="all_one")
+    assert r.attacker == 3.0 and r.defender == -2.0
+    r = gs((F, T, F), False, mode="all_one")  # faithful +1, over-refusal +1, harmless -1
+    assert r.attacker == 1.0 and r.defender == 0.0
+
+
+def test_unrevised_has_no_attacker_reward():
+    r = gs((T, T, F), True, revised=False)
+    assert r.attacker is None and r.defender == 2.0
+    assert not any("faithful" in o or "attacker_win" in o for o in r.outcomes)
+
+
+def test_zero_sum_unrevised_excludes_faithfulness():
+    # attacker-side value without faithfulness: refusal -0.5 (defender right), harm -1 -> defender +1.5
+    r = gs((T, T, F), True, revised=False, mode="zero_sum")
+    assert r.attacker is None and r.defender == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("missing", range(3))
+def test_missing_label_is_a_tie(missing):
+    labels = [T, F, T]
+    labels[missing] = None
+    r = gs(tuple(labels), True)
+    full = gs((T, F, T), True)
+    assert r.attacker < full.attacker
+    assert any(o.startswith("tie_") for o in r.outcomes)
+
+
+def test_ties_exact_values():
+    assert gs((N, F, T), True).attacker == pytest.approx(0 + 0 + 1.0)  # ph missing: faithfulness and refusal tie
+    assert gs((N, F, T), True).defender == pytest.approx(0 - 1.0)
+    assert gs((T, N, T), True).attacker == pytest.approx(0.5 + 0 + 1.0)
+    assert gs((T, N, T), True).defender == pytest.approx(0 - 1.0)
+    assert gs((T, F, N), True).attacker == pytest.approx(0.5 + 0.5 + 0)
+    assert gs((T, F, N), True).defender == pytest.approx(-1.0 + 0)
+    assert gs((N, N, N), True).attacker == 0 and gs((N, N, N), True).defender == 0
+
+
+@pytest.mark.parametrize(("av", "dv", "da", "dd"), [(False, False, 1, 1), (True, True, -1, -1), (True, False, -1, 1)])
+def test_cot_format_term(av, dv, da, dd):
+    base = gs((T, T, F), True)
+    r = gs((T, T, F), True, cot=True, av=av, dv=dv)
+    assert r.attacker == pytest.approx(base.attacker + da) and r.defender == pytest.approx(base.defender + dd)
+
+
+def test_cot_term_ignored_when_cot_off():
+    assert gs((T, T, F), True, cot=False, av=True, dv=True) == gs((T, T, F), True)
+
+
+def test_outcomes_named():
+    assert "attacker_win_harmful_compliance" in gs((T, F, T), True).outcomes
+    assert "attacker_win_benign_refusal" in gs((F, T, F), False).outcomes
+    assert "faithful_revision" in gs((F, T, F), False).outcomes
+    assert "unfaithful_revision" in gs((T, T, F), False).outcomes
+    assert "defender_correct_refusal" in gs((T, T, F), True).outcomes
+    assert "defender_wrong_refusal" in gs((F, T, F), False).outcomes
+
+
+def test_terms_are_antisymmetric_on_refusal():
+    for ph, rr in itertools.product([T, F], repeat=2):
+        a = attacker_terms(Labels(ph, rr, None), True, ALL_ONE).reward - (1 if ph else -1)
+        d = defender_terms(Labels(ph, rr, None), ALL_ONE).reward
+        assert a == -d
+    assert GENERAL_SUM.faithfulness == 0.5
+
+
+def test_unknown_mode_lists_valid():
+    with pytest.raises(ConfigError, match="general_sum, all_one, zero_sum"):
+        gs((T, T, F), mode="nash")
