@@ -28,6 +28,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 judge_app = typer.Typer(no_args_is_help=True, help="Fit and evaluate safety judges.")
 app.add_typer(judge_app, name="judge")
 console = Console(stderr=True)
+# Tables go to stdout; when piped (CI logs, files) rich would squeeze them to 80 columns.
+out_console = Console(width=None if sys.stdout.isatty() else 140)
 
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="cpu-demo | single-gpu | paper-8b")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of overrides.")]
@@ -128,8 +130,64 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             t.add_row(k, _fmt(v))
     for k, v in summary["outcomes"].items():
         t.add_row(f"outcome/{k}", str(v))
-    Console().print(t)
+    out_console.print(t)
     console.print(f"Wrote {out / 'games.jsonl'}, {out / 'summary.json'} and {out / 'config.yaml'}.")
+
+
+@app.command()
+@friendly_errors
+def train(
+    preset: PresetOpt = "cpu-demo",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run dir: metrics.jsonl, games/, checkpoints/, config.yaml.")] = Path("runs/train"),
+    resume: Annotated[Path | None, typer.Option(help="Continue from a run dir or checkpoints/step_N.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    wandb_project: Annotated[str | None, typer.Option(help="Also log to Weights & Biases (needs wandb).")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Online self-play RL: play with the current policy, judge, update both roles, repeat."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from selfredteam.rl.loop import train as run_training
+
+    cfg = _config(preset, config, set_)
+    columns = [TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}")]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("starting (loading model and judge)...", total=cfg.train.steps)
+
+        def on_step(step: int, total: int, m: dict[str, Any]) -> None:
+            desc = (f"R_att {_fmt(m.get('reward/attacker_mean'))} R_def {_fmt(m.get('reward/defender_mean'))} "
+                    f"refuse|harm {_fmt(m.get('game/defender_correct_refusal'))} "
+                    f"cot_viol {_fmt(m.get('cot/violation_rate'))} kl {_fmt(m.get('kl/mean'))} "
+                    f"{m['timing/step_s']:.0f}s/step")
+            bar.update(task, completed=step, description=desc)
+
+        last = run_training(cfg, out, resume=resume, wandb_project=wandb_project, log=console.print,
+                            progress=on_step)
+    console.print(f"Done. Metrics in {out / 'metrics.jsonl'}, checkpoints in {out / 'checkpoints'}.")
+    if last:
+        _print_summary({k: v for k, v in last.items() if not isinstance(v, dict)} | {"outcomes": {}}, out)
+
+
+@app.command()
+@friendly_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A run dir or checkpoints/step_N dir from `train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged HF model dir.")],
+    debug: DebugOpt = False,
+) -> None:
+    """Write a merged Hugging Face model dir (safetensors) loadable by transformers and vLLM."""
+    from selfredteam.rl.export import export_merged
+
+    path = export_merged(checkpoint, out)
+    console.print(f"Wrote merged model to {path}")
 
 
 @app.command("config")
@@ -216,8 +274,8 @@ def judge_eval(
         row(label, res[label])
     for name, m in res["per_set"].items():
         row(f"  prompt_harmful: {name}", m)
-    Console().print(t)
-    Console().print(f"False-positive rate on benign-but-scary prompts (XSTest safe, OR-Bench-Hard, "
+    out_console.print(t)
+    out_console.print(f"False-positive rate on benign-but-scary prompts (XSTest safe, OR-Bench-Hard, "
                     f"WJB adversarial benign): [bold]{res['scary_benign_fpr']:.3f}[/]")
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -121,11 +121,29 @@ class TrainConfig:
     epochs_per_batch: int = 1
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
+    weight_decay: float = 0.0
     lora_rank: int = 16
     lora_alpha: int = 32
     full_finetune: bool = False
+    parameter_sharing: Literal["shared", "role-adapters"] = "shared"
+    """`shared`: one policy plays both roles (the paper); `role-adapters`: one LoRA adapter per role."""
+    gradient_checkpointing: bool = False
+    role_mode: Literal["selfplay", "attacker-only", "defender-only"] = "selfplay"
+    """Which roles learn. attacker-only: the defender is the frozen reference (or defender_model);
+    defender-only: no attacker turn, vanilla seeds plus optional static_prompts."""
+    defender_model: str | None = None
+    """attacker-only: an HF id/dir for a frozen defender instead of the reference policy."""
+    static_prompts: str | None = None
+    """defender-only: a file of adversarial prompts (same format as seeds) mixed into each batch."""
+    samples_per_prompt: int = 1
+    """Games per seed in a step; GRPO/RLOO need >= 2 (their baseline is the group of a seed)."""
+    sft_data: str | None = None
+    """Optional auxiliary SFT chat data (file with `prompt`/`response` fields, or HF name)."""
+    sft_coef: float = 0.0
     max_prompt_length: int = 512
     save_every: int = 10
+    games_log_every: int = 1
+    """Write a sample of games to games/step_N.jsonl every this many steps."""
 
 
 @dataclass
@@ -329,6 +347,11 @@ def validate(cfg: Config) -> None:
     for name in ("steps", "rollout_batch_size", "train_batch_size", "micro_batch_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1.")
+    if t.algorithm in ("grpo", "rloo") and t.samples_per_prompt < 2:
+        raise ConfigError(
+            f"train.algorithm={t.algorithm} compares several games of the same seed: set "
+            "train.samples_per_prompt >= 2 (e.g. --set train.samples_per_prompt=4)."
+        )
     if t.train_batch_size % t.micro_batch_size:
         raise ConfigError(
             f"train.train_batch_size={t.train_batch_size} cannot be split into micro-batches of "

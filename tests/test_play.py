@@ -30,8 +30,8 @@ def test_game_flow_hidden_cot_and_rewards():
     policy = FakePolicy("plan </think><answer>REVISED</answer>", "thinking </think><answer>No.</answer>")
     judge = FakeJudge(ph=True, rr=True, rh=False)
     games = play(policy, judge)
-    assert len(policy.calls) == 2  # one attacker batch, one defender batch
-    assert len(policy.calls[0]) == 4 and len(policy.calls[1]) == 8
+    # Pass 1: 4 attacker turns + 4 vanilla defender turns; pass 2: 4 revised defender turns.
+    assert [len(c) for c in policy.calls] == [8, 4]
     # The judge and the defender only see answers, never the hidden thoughts.
     assert all("plan" not in p and "thinking" not in (r or "") for p, r in judge.seen)
     for g in games:

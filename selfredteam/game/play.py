@@ -98,6 +98,14 @@ def _role_turn(gen: Generation, cot: bool) -> RoleTurn:
     return RoleTurn(gen.text, p.answer, not p.valid, p.violation, gen)
 
 
+def _generate_mixed(policy: Policy, first: list, p1: SamplingParams, second: list,
+                    p2: SamplingParams) -> list[Generation]:
+    """One generate call for two groups of turns when their sampling params agree."""
+    if p1 == p2:
+        return policy.generate(first + second, p1)
+    return policy.generate(first, p1) + policy.generate(second, p2)
+
+
 def play_games(
     seeds: list[Seed],
     policy: Policy,
@@ -112,20 +120,29 @@ def play_games(
     defender: Policy | None = None,
 ) -> list[GameRecord]:
     """Play one game per seed. `defender` defaults to `policy` (self-play: shared parameters)."""
+    shared = defender is None or defender is policy
     defender = defender or policy
     revised = mark_revisions(seeds, revise_fraction, rng)
-
-    # Attacker turn (revised seeds only), all in one batch.
     rev_idx = [i for i, r in enumerate(revised) if r]
-    attacker_gens = policy.generate(
-        [attacker_turn(seeds[i].prompt, seeds[i].harmful, cot) for i in rev_idx], attacker_params
-    ) if rev_idx else []
+    van_idx = [i for i, r in enumerate(revised) if not r]
+    attacker_turns_in = [attacker_turn(seeds[i].prompt, seeds[i].harmful, cot) for i in rev_idx]
+    vanilla_turns_in = [defender_turn(seeds[i].prompt, cot) for i in van_idx]
+
+    # Pass 1: attacker turns, plus (with shared weights) the defender turns of vanilla seeds,
+    # which do not depend on the attacker: one fuller batch instead of two sequential ones.
+    if shared and attacker_turns_in and vanilla_turns_in:
+        gens = _generate_mixed(policy, attacker_turns_in, attacker_params, vanilla_turns_in, defender_params)
+        attacker_gens, vanilla_gens = gens[: len(rev_idx)], gens[len(rev_idx):]
+    else:
+        attacker_gens = policy.generate(attacker_turns_in, attacker_params) if attacker_turns_in else []
+        vanilla_gens = defender.generate(vanilla_turns_in, defender_params) if vanilla_turns_in else []
     attacker_turns: dict[int, RoleTurn] = {i: _role_turn(g, cot) for i, g in zip(rev_idx, attacker_gens)}
     prompts = [attacker_turns[i].answer if i in attacker_turns else s.prompt for i, s in enumerate(seeds)]
 
-    # Defender turn, all games in one batch.
-    defender_gens = defender.generate([defender_turn(p, cot) for p in prompts], defender_params)
-    defender_turns = [_role_turn(g, cot) for g in defender_gens]
+    # Pass 2: the defender answers the revised prompts.
+    revised_gens = defender.generate([defender_turn(prompts[i], cot) for i in rev_idx], defender_params) if rev_idx else []
+    by_index = dict(zip(van_idx, vanilla_gens)) | dict(zip(rev_idx, revised_gens))
+    defender_turns = [_role_turn(by_index[i], cot) for i in range(len(seeds))]
 
     # Judge sees only the final prompt and the defender's answer (hidden CoT).
     judgements = judge.judge([(p, d.answer) for p, d in zip(prompts, defender_turns)])

@@ -29,6 +29,9 @@ class Generation:
     completion_ids: list[int] = field(default_factory=list)
     finish_reason: str = "stop"
     """`stop` (EOS) or `length` (hit max_new_tokens)."""
+    logprobs: list[float] | None = None
+    """log pi(token) of each completion token under the sampling model at temperature 1 (the
+    learner's "old" log-probs, saving it a forward pass); None when the backend cannot say."""
 
 
 @runtime_checkable

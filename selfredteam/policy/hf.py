@@ -154,9 +154,18 @@ class TransformersPolicy:
             top_p=params.top_p if sample else None,
             top_k=0 if sample else None,
             pad_token_id=pad,
+            return_dict_in_generate=True,
+            output_logits=True,
         )
+        new_tokens = out.sequences[:, width:]
+        # Raw (temperature-1) logits of each step -> log-prob of the sampled token, step by step
+        # so only a [B, V] slice is ever in float32.
+        step_logp = torch.stack([
+            torch.log_softmax(lg.float(), dim=-1).gather(-1, new_tokens[:, t : t + 1]).squeeze(-1)
+            for t, lg in enumerate(out.logits)
+        ], dim=1).tolist()
         gens = []
-        for prompt, row in zip(prompts, out[:, width:].tolist()):
+        for prompt, row, lps in zip(prompts, new_tokens.tolist(), step_logp):
             ids, finish = [], "length"
             for t in row:
                 ids.append(t)  # EOS is kept: the learner must also learn when to stop
@@ -165,6 +174,6 @@ class TransformersPolicy:
                     break
             gens.append(Generation(
                 text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                prompt_ids=list(prompt), completion_ids=ids, finish_reason=finish,
+                prompt_ids=list(prompt), completion_ids=ids, finish_reason=finish, logprobs=lps[: len(ids)],
             ))
         return gens

@@ -1,0 +1,106 @@
+"""Atomic, resumable checkpoints.
+
+Layout of `OUT/checkpoints/step_N/`:
+  adapter/ (PEFT: adapter_model.safetensors + config) or model/ (full weights, safetensors)
+  trainer.pt     optimizer + scheduler state (tensors and plain containers only: loaded with
+                 torch.load(weights_only=True), so no arbitrary code is ever unpickled)
+  rng.safetensors + rng.json   torch and Python RNG states
+  state.json     step, data position, model id, resolved config
+A checkpoint is written to a temp dir and renamed into place, then `latest` is updated by an
+atomic rename, so a kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfredteam.errors import UserError
+
+LATEST = "latest"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: random.Random,
+                    state: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    ckpt_root = root / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step_{step}"
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".step_{step}-"))
+    try:
+        sub = tmp / ("adapter" if policy.is_lora else "model")
+        policy.model.save_pretrained(str(sub), safe_serialization=True)
+        if not policy.is_lora:
+            policy.tokenizer.save_pretrained(str(sub))
+        torch.save(learner.state_dict(), tmp / "trainer.pt")
+        save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        py_state = rng.getstate()
+        (tmp / "rng.json").write_text(json.dumps([py_state[0], list(py_state[1]), py_state[2]]))
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _write_atomic(ckpt_root / LATEST, final.name)
+    return final
+
+
+def find_checkpoint(resume: Path) -> Path:
+    """Accept a run dir, its checkpoints/ dir, or a step_N dir."""
+    if not resume.exists():
+        raise UserError(f"Resume dir {resume} does not exist. Pass a run's --out dir or a checkpoints/step_N dir.")
+    for cand in (resume, resume / "checkpoints"):
+        if (cand / "state.json").is_file():
+            return cand
+        if (cand / LATEST).is_file():
+            ckpt = cand / (cand / LATEST).read_text().strip()
+            if (ckpt / "state.json").is_file():
+                return ckpt
+    raise UserError(f"No checkpoint found in {resume} (expected checkpoints/latest or state.json).")
+
+
+def read_state(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / "state.json").read_text())
+
+
+def load_checkpoint(ckpt: Path, policy: Any, learner: Any, rng: random.Random) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNGs in place; return the saved state."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = read_state(ckpt)
+    if policy.is_lora:
+        adapter_dir = ckpt / "adapter"
+        # save_pretrained writes the default adapter at the top level and others in subdirs.
+        for name in policy.model.peft_config:
+            d = adapter_dir if name == "default" else adapter_dir / name
+            weights = load_file(str(d / "adapter_model.safetensors"))
+            set_peft_model_state_dict(policy.model, weights, adapter_name=name)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(str(ckpt / "model"), use_safetensors=True,
+                                                      dtype=next(policy.model.parameters()).dtype)
+        policy.model.load_state_dict(loaded.state_dict())
+    learner.load_state_dict(torch.load(ckpt / "trainer.pt", weights_only=True))
+    torch.set_rng_state(load_file(str(ckpt / "rng.safetensors"))["torch"])
+    v, internal, gauss = json.loads((ckpt / "rng.json").read_text())
+    rng.setstate((v, tuple(internal), gauss))
+    return state

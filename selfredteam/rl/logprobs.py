@@ -1,0 +1,85 @@
+"""Per-token log-probs of sampled responses, computed only where they are needed.
+
+A full-vocabulary log_softmax over all positions is the classic memory and time sink (152k
+vocab x 8 x 200 tokens took 13 s forward / 33 s per train step and 11.6 GiB on our CPU). We
+(1) lay the batch out as [left-padded prompt | right-padded response] so every response sits
+in the same columns and ask the model for logits of those columns only (`logits_to_keep`:
+the LM head never runs on prompt positions), and (2) take log p(token) as
+`gather(logits, token) - logsumexp(logits)` in row chunks, in float32, without materialising a
+[B, T, V] log-softmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor
+    """[B, P + R]: left-padded prompts then right-padded responses."""
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    response_ids: torch.Tensor
+    """[B, R]"""
+    response_mask: torch.Tensor
+    """[B, R] float, 1 on real response tokens."""
+
+
+def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> PackedBatch:
+    P = max(len(p) for p in prompts)
+    R = max(max(len(r) for r in responses), 1)
+    ids, attn, resp, rmask = [], [], [], []
+    for p, r in zip(prompts, responses):
+        left, right = P - len(p), R - len(r)
+        ids.append([pad_id] * left + p + r + [pad_id] * right)
+        attn.append([0] * left + [1] * (len(p) + len(r)) + [0] * right)
+        resp.append(r + [pad_id] * right)
+        rmask.append([1.0] * len(r) + [0.0] * right)
+    attention_mask = torch.tensor(attn)
+    # Positions count real tokens only, as during generation with left padding.
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return PackedBatch(torch.tensor(ids), attention_mask, position_ids, torch.tensor(resp), torch.tensor(rmask))
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_rows: int = 4) -> torch.Tensor:
+    """log_softmax(logits)[..., index] in float32, `chunk_rows` batch rows at a time."""
+    out = []
+    for lg, ix in zip(logits.split(chunk_rows), index.split(chunk_rows)):
+        lg = lg.float()
+        out.append(lg.gather(-1, ix.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, dim=-1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = 4) -> torch.Tensor:
+    out = []
+    for lg in logits.split(chunk_rows):
+        lg = lg.float()
+        lse = torch.logsumexp(lg, dim=-1, keepdim=True)
+        out.append(lse.squeeze(-1) - (torch.softmax(lg, -1) * lg).sum(-1))
+    return torch.cat(out)
+
+
+def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: bool = False,
+                      chunk_rows: int = 4) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, R] log-probs of the response tokens (0 on padding), and optionally their entropies."""
+    R = batch.response_ids.shape[1]
+    device = next(model.parameters()).device
+    out = model(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        position_ids=batch.position_ids.to(device),
+        logits_to_keep=R + 1,
+        use_cache=False,
+    )
+    # Column j of the kept logits predicts the token after it: the first R columns predict
+    # the R response tokens.
+    logits = out.logits[:, :R, :]
+    ids = batch.response_ids.to(device)
+    mask = batch.response_mask.to(device)
+    logp = selective_log_softmax(logits, ids, chunk_rows) * mask
+    ent = entropy_from_logits(logits, chunk_rows) * mask if with_entropy else None
+    return logp, ent

@@ -1,0 +1,77 @@
+"""The training loop end to end on a tiny real transformer: role modes, resume, bad input."""
+
+import json
+
+import pytest
+
+from selfredteam.config import load_config
+from selfredteam.errors import UserError
+from selfredteam.rl.loop import train
+from tests.fakes import FakeJudge
+
+
+def cfg_for(model_dir, *extra, steps=2):
+    return load_config("cpu-demo", overrides=[
+        f"model.name_or_path={model_dir}", f"train.steps={steps}", "train.rollout_batch_size=4",
+        "train.train_batch_size=4", "train.micro_batch_size=2", "train.save_every=1", "train.lr=1e-3",
+        "generation.attacker_max_new_tokens=6", "generation.defender_max_new_tokens=6", *extra])
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("extra", [
+    [],                                          # self-play, CoT
+    ["train.role_mode=attacker-only"],
+    ["train.role_mode=defender-only"],
+    ["game.cot=false"],
+    ["train.parameter_sharing=role-adapters"],
+])
+def test_role_modes_run_two_steps(tiny_model_dir, tmp_path, extra):
+    out = tmp_path / "run"
+    last = train(cfg_for(tiny_model_dir, *extra), out, judge=FakeJudge(), log=lambda *a: None)
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert "loss/policy" in last and "timing/learn_s" in last and "game/asr" in last
+    assert (out / "checkpoints" / "latest").read_text() == "step_2"
+    assert (out / "games" / "step_2.jsonl").is_file() and (out / "config.yaml").is_file()
+    if "train.role_mode=defender-only" in extra:
+        assert all(not json.loads(x)["revised"] for x in (out / "games" / "step_1.jsonl").read_text().splitlines())
+
+
+def test_resume_reproduces_the_next_step_exactly(tiny_model_dir, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(cfg_for(tiny_model_dir, steps=3), full, judge=FakeJudge(), log=lambda *a: None)
+    train(cfg_for(tiny_model_dir, steps=2), part, judge=FakeJudge(), log=lambda *a: None)
+    train(cfg_for(tiny_model_dir, steps=3), part, resume=part, judge=FakeJudge(), log=lambda *a: None)
+    a, b = read_metrics(full)[-1], read_metrics(part)[-1]
+    assert a["step"] == b["step"] == 3
+    for key in ("loss/policy", "kl/mean", "reward/defender_mean", "loss/grad_norm"):
+        assert a[key] == b[key], key
+    assert (full / "games" / "step_3.jsonl").read_text() == (part / "games" / "step_3.jsonl").read_text()
+
+
+def test_bad_resume_touches_nothing(tiny_model_dir, tmp_path):
+    out = tmp_path / "new"
+    with pytest.raises(UserError, match="does not exist"):
+        train(cfg_for(tiny_model_dir), out, resume=tmp_path / "missing", judge=FakeJudge())
+    assert not out.exists()
+    src = tmp_path / "src"
+    train(cfg_for(tiny_model_dir, steps=1), src, judge=FakeJudge(), log=lambda *a: None)
+    other = load_config("cpu-demo", overrides=["model.name_or_path=embedded"])
+    with pytest.raises(UserError, match="trained from model"):
+        train(other, out, resume=src, judge=FakeJudge())
+    assert not out.exists()
+
+
+def test_export_merged_loads_in_transformers(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from selfredteam.rl.export import export_merged
+
+    run = tmp_path / "run"
+    train(cfg_for(tiny_model_dir, steps=1), run, judge=FakeJudge(), log=lambda *a: None)
+    path = export_merged(run, tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True)
+    assert not any("lora" in n for n, _ in model.named_parameters())
