@@ -124,6 +124,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     lora_rank: int = 16
     lora_alpha: int = 32
+    lora_layers: int = 0
+    """Put LoRA only on the top N transformer layers (0 = all). Backward then stops at the lowest
+    adapted layer, which cuts the learner's cost when compute is scarce (the CPU demo)."""
     full_finetune: bool = False
     parameter_sharing: Literal["shared", "role-adapters"] = "shared"
     """`shared`: one policy plays both roles (the paper); `role-adapters`: one LoRA adapter per role."""
@@ -175,13 +178,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.name_or_path": "embedded",
         "model.dtype": "auto",
         "judge.kind": "embedded",
-        "generation.attacker_max_new_tokens": 96,
-        "generation.defender_max_new_tokens": 96,
+        "generation.attacker_max_new_tokens": 64,
+        "generation.defender_max_new_tokens": 64,
         "generation.batch_size": 16,
         "train.steps": 20,
         "train.rollout_batch_size": 8,
-        "train.train_batch_size": 8,
+        "train.train_batch_size": 12,
         "train.micro_batch_size": 4,
+        "train.lr": 2e-4,
+        "train.lora_layers": 8,
+        "train.save_every": 5,
     },
     # One modern GPU: a 1-3B instruct model, WildGuard in-process or served by vLLM.
     "single-gpu": {

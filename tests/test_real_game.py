@@ -76,3 +76,15 @@ def test_embedded_judge_detects_refusals():
     correct = sum(j.response_refusal == gold for j, (_, _, gold) in zip(labels, dev))
     assert correct / len(dev) >= 0.8
     assert all(j.response_harmful is False for j, (_, _, gold) in zip(labels, dev) if gold)
+
+
+def test_real_train_step(tmp_path):
+    """One real RL step with the embedded model and judge: generation, judge, gradient update."""
+    cmd = [sys.executable, "-m", "selfredteam.cli", "train", "--preset", "cpu-demo", "--out", str(tmp_path),
+           "--set", "train.steps=1", "--set", "train.rollout_batch_size=4", "--set", "train.train_batch_size=4",
+           "--set", "generation.attacker_max_new_tokens=24", "--set", "generation.defender_max_new_tokens=24"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ})
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert m["loss/grad_norm"] > 0 and m["samples"] >= 4
+    assert (tmp_path / "checkpoints" / "step_1" / "adapter" / "adapter_model.safetensors").is_file()

@@ -35,14 +35,22 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k1"
     raise ConfigError(f"Unknown KL estimator {estimator!r}. Valid: k1, k3.")
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+"""Sums a tensor over data-parallel processes (identity in a single process)."""
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked elements of the whole batch."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, reduce: Reduce = _identity) -> torch.Tensor:
+    return reduce((x * mask).sum()) / reduce(mask.sum()).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, reduce: Reduce = _identity) -> torch.Tensor:
+    """(x - mean) / std over the masked elements of the whole batch, across all processes."""
+    mean = masked_mean(x, mask, reduce)
+    var = masked_mean((x - mean) ** 2, mask, reduce)
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
@@ -52,13 +60,13 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def reinforce_pp(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-                 group_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 group_ids: torch.Tensor | None = None, reduce: Reduce = _identity) -> torch.Tensor:
     """REINFORCE++ advantages: KL-shaped reward-to-go, whitened over the whole batch."""
     token_rewards = -kl_coef * kl * mask
     token_rewards[torch.arange(len(rewards)), last_token_index(mask)] += rewards
     # Reward-to-go with gamma = 1: reverse cumulative sum along time.
     returns = token_rewards.flip(1).cumsum(1).flip(1) * mask
-    return masked_whiten(returns, mask)
+    return masked_whiten(returns, mask, reduce=reduce)
 
 
 def _groups(group_ids: torch.Tensor | None, name: str) -> torch.Tensor:
@@ -68,8 +76,10 @@ def _groups(group_ids: torch.Tensor | None, name: str) -> torch.Tensor:
 
 
 def grpo(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-         group_ids: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """GRPO: (r - group mean) / group std, the same for every token of a sequence."""
+         group_ids: torch.Tensor | None = None, reduce: Reduce = _identity, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO: (r - group mean) / group std, the same for every token of a sequence.
+
+    Groups never straddle processes (each process plays all samples of its seeds)."""
     g = _groups(group_ids, "grpo")
     adv = torch.empty_like(rewards)
     for gid in g.unique():
@@ -80,7 +90,7 @@ def grpo(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: f
 
 
 def rloo(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-         group_ids: torch.Tensor | None = None) -> torch.Tensor:
+         group_ids: torch.Tensor | None = None, reduce: Reduce = _identity) -> torch.Tensor:
     """RLOO: r minus the mean reward of the *other* samples of the same prompt."""
     g = _groups(group_ids, "rloo")
     adv = torch.zeros_like(rewards)
@@ -100,12 +110,13 @@ KL_IN_REWARD = {"reinforce_pp"}
 
 
 def compute_advantages(name: str, rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
-                       kl_coef: float, group_ids: torch.Tensor | None = None) -> torch.Tensor:
+                       kl_coef: float, group_ids: torch.Tensor | None = None,
+                       reduce: Reduce = _identity) -> torch.Tensor:
     try:
         fn = ESTIMATORS[name]
     except KeyError:
         raise ConfigError(f"Unknown algorithm {name!r}. Valid: {', '.join(ESTIMATORS)}.") from None
-    return fn(rewards, kl, mask, kl_coef, group_ids=group_ids)
+    return fn(rewards, kl, mask, kl_coef, group_ids=group_ids, reduce=reduce)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,

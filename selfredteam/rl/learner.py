@@ -11,6 +11,7 @@ else from a no-grad pass here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -47,12 +48,43 @@ def warmup_lambda(warmup_steps: int):
 
 
 class Learner:
-    def __init__(self, policy: TrainablePolicy, cfg: TrainConfig) -> None:
+    """Single process by default; under `accelerate launch` the gradient pass runs through the
+    accelerator-prepared (DDP) model, advantages are whitened across processes, and the loss is
+    normalised by the global token count, so N processes on N shards update exactly like one
+    process on all the data."""
+
+    def __init__(self, policy: TrainablePolicy, cfg: TrainConfig, accelerator: Any | None = None) -> None:
         self.policy = policy
         self.cfg = cfg
         self.pad_id = policy.tokenizer.pad_token_id
+        self.acc = accelerator
+        self.world = accelerator.num_processes if accelerator is not None else 1
+        self.train_model = policy.model
+        if self.world > 1:
+            self.train_model = accelerator.prepare_model(policy.model)
         self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(cfg.warmup_steps))
+
+    # -- data-parallel helpers (identities in one process) --------------------------------
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        t = t.detach().clone().float()
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return t
+
+    def _max(self, n: int) -> int:
+        if self.world == 1:
+            return n
+        t = torch.tensor([n], dtype=torch.long)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
+    def _sync_context(self, last: bool):
+        """Skip the gradient all-reduce on all but the last micro-batch of a train batch."""
+        if self.world == 1 or last:
+            return contextlib.nullcontext()
+        return self.acc.no_sync(self.train_model)
 
     # -- batching -----------------------------------------------------------------------
     def _micro_batches(self, idx: list[int], samples: list[Sample]) -> list[list[int]]:
@@ -83,11 +115,30 @@ class Learner:
                 out[i] = lp[row, : len(samples[i].response_ids)].cpu()
         return [t for t in out if t is not None]
 
+    def sft_backward(self, sft: list[Sample], coef: float) -> float:
+        """Auxiliary SFT: coef x mean NLL of helpful reference answers, accumulated into the
+        current gradients (keeps general capability while the RL objective moves the policy)."""
+        if not sft or coef <= 0:
+            return 0.0
+        n_tokens = float(sum(len(s.response_ids) for s in sft))
+        total = 0.0
+        for mb in self._micro_batches(list(range(len(sft))), sft):
+            batch = self._pack(sft, mb)
+            with self.policy.role("defender"):
+                lp, _ = response_logprobs(self.train_model, batch)
+            loss = -coef * lp.sum() / n_tokens
+            loss.backward()
+            total += loss.item()
+        return total / coef
+
     # -- the update -----------------------------------------------------------------------
-    def update(self, samples: list[Sample]) -> dict[str, float]:
+    def update(self, samples: list[Sample], sft: list[Sample] | None = None) -> dict[str, float]:
         cfg = self.cfg
-        if not samples:
+        if not samples and self.world == 1:
             return {}
+        placeholder = not samples
+        if placeholder:  # this process drew no trainable turn; it still takes part in the collectives
+            samples = [Sample("defender", [self.pad_id], [self.pad_id], 0.0)]
         model = self.policy.model
         model.eval()  # no dropout: log-probs must match those at sampling time
         ref_lp = self._score(samples, use_reference=True)
@@ -106,36 +157,50 @@ class Learner:
             mask[i, :n] = 1
             old[i, :n] = old_lp[i]
             ref[i, :n] = ref_lp[i]
+        if placeholder:
+            mask.zero_()
         kl = kl_penalty(old, ref, cfg.kl_estimator) * mask
         rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
         groups = torch.tensor([s.group for s in samples]) if cfg.samples_per_prompt > 1 else None
-        adv = compute_advantages(cfg.algorithm, rewards, kl, mask, cfg.kl_coef, groups)
+        adv = compute_advantages(cfg.algorithm, rewards, kl, mask, cfg.kl_coef, groups, reduce=self._sum)
         kl_in_loss = cfg.algorithm not in KL_IN_REWARD
 
         stats: dict[str, list[float]] = {"loss/policy": [], "loss/grad_norm": [], "loss/clip_frac": [],
                                          "loss/entropy": []}
         order = list(range(len(samples)))
+        batches = [order[k : k + cfg.train_batch_size] for k in range(0, len(order), cfg.train_batch_size)]
+        # Every process must run the same number of optimizer steps and backward passes (DDP
+        # would hang otherwise): missing ones are run on a real micro-batch with zero weight.
+        n_batches = self._max(len(batches))
         for _ in range(cfg.epochs_per_batch):
-            for start in range(0, len(order), cfg.train_batch_size):
-                idx = order[start : start + cfg.train_batch_size]
-                n_tokens = float(mask[idx].sum())
+            for b in range(n_batches):
+                idx = batches[b] if b < len(batches) else []
+                # Normaliser: real response tokens of this train batch over all processes.
+                n_tokens = float(self._sum(mask[idx].sum()))
+                local = self._micro_batches(idx, samples)
+                n_micro = self._max(len(local))
                 self.optimizer.zero_grad(set_to_none=True)
                 batch_loss = 0.0
-                for mb in self._micro_batches(idx, samples):
+                for k in range(n_micro):
+                    mb, weight = (local[k], 1.0) if k < len(local) else ([order[0]], 0.0)
                     batch = self._pack(samples, mb)
-                    with self.policy.role(samples[mb[0]].role):
-                        lp, ent = response_logprobs(model, batch, with_entropy=True)
-                    w = lp.shape[1]
-                    m = batch.response_mask.to(lp.device)
-                    loss, info = policy_loss(lp, old[mb, :w].to(lp.device), adv[mb, :w].to(lp.device), m,
-                                             cfg.clip_eps, normalizer=n_tokens)
-                    if kl_in_loss:
-                        k = kl_penalty(lp, ref[mb, :w].to(lp.device), "k3")
-                        loss = loss + cfg.kl_coef * (k * m).sum() / n_tokens
-                    loss.backward()
-                    batch_loss += loss.item()
-                    stats["loss/clip_frac"].append(info["clip_frac"])
-                    stats["loss/entropy"].append(float(masked_mean(ent, m)))
+                    with self._sync_context(last=k == n_micro - 1), self.policy.role(samples[mb[0]].role):
+                        lp, ent = response_logprobs(self.train_model, batch, with_entropy=True)
+                        w = lp.shape[1]
+                        m = batch.response_mask.to(lp.device)
+                        loss, info = policy_loss(lp, old[mb, :w].to(lp.device), adv[mb, :w].to(lp.device), m,
+                                                 cfg.clip_eps, normalizer=max(n_tokens, 1.0))
+                        if kl_in_loss:
+                            k3 = kl_penalty(lp, ref[mb, :w].to(lp.device), "k3")
+                            loss = loss + cfg.kl_coef * (k3 * m).sum() / max(n_tokens, 1.0)
+                        # DDP averages gradients over processes; scale back to a global sum.
+                        (loss * weight * self.world).backward()
+                    if weight:
+                        batch_loss += loss.item()
+                        stats["loss/clip_frac"].append(info["clip_frac"])
+                        stats["loss/entropy"].append(float(masked_mean(ent, m)))
+                if b == 0 and sft:
+                    stats.setdefault("loss/sft_nll", []).append(self.sft_backward(sft, cfg.sft_coef))
                 gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
                 stats["loss/grad_norm"].append(float(gn))
                 stats["loss/policy"].append(batch_loss)

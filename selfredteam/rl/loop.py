@@ -29,7 +29,8 @@ from selfredteam.rl.checkpoint import find_checkpoint, load_checkpoint, read_sta
 from selfredteam.rl.learner import Learner, Sample
 from selfredteam.rl.metrics import game_metrics
 from selfredteam.rl.model import TrainablePolicy, build_trainable
-from selfredteam.rl.tracking import build_trackers
+from selfredteam.rl.sft import load_sft_pairs, sft_samples
+from selfredteam.rl.tracking import MultiTracker, build_trackers
 
 TRAINED_ROLES = {"selfplay": ("attacker", "defender"), "attacker-only": ("attacker",), "defender-only": ("defender",)}
 
@@ -99,7 +100,7 @@ def _check_resume(cfg: Config, resume: Path | None) -> Path | None:
                 f"Checkpoint {ckpt} was trained from model {saved.get('model', {}).get(key)!r}, but this run "
                 f"uses {getattr(cfg.model, key)!r}. Resume with the same --set model.name_or_path, or start a new run."
             )
-    for key in ("full_finetune", "parameter_sharing", "lora_rank"):
+    for key in ("full_finetune", "parameter_sharing", "lora_rank", "lora_layers"):
         if saved.get("train", {}).get(key) != getattr(cfg.train, key):
             raise UserError(f"Checkpoint {ckpt} has train.{key}={saved.get('train', {}).get(key)!r}, this run has "
                             f"{getattr(cfg.train, key)!r}: the weights cannot be loaded into this model.")
@@ -121,22 +122,30 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
         pool += load_seeds(t.static_prompts, FieldMap(d.prompt_field, d.label_field, tuple(d.harmful_values),
                                                       tuple(d.benign_values)))
     judge = judge or build_judge(cfg.judge)
-    trainable = build_trainable(cfg)
-    learner = Learner(trainable, t)
+    accelerator = _accelerator()
+    rank = accelerator.process_index if accelerator else 0
+    is_main = rank == 0
+    trainable = build_trainable(cfg, device=accelerator.device if accelerator else None)
+    learner = Learner(trainable, t, accelerator)
     sampler = TransformersPolicy(trainable.model, trainable.tokenizer, cfg.model.name_or_path, g.batch_size)
     attacker: Policy = RoleView(trainable, sampler, "attacker")
     defender: Policy = attacker if trainable.sharing == "shared" else RoleView(trainable, sampler, "defender")
     if t.role_mode == "attacker-only":
         defender = _frozen_defender(cfg, trainable, sampler)
     attacker, defender = MeteredPolicy(attacker), (MeteredPolicy(defender) if defender is not attacker else None)
-    rng = random.Random(cfg.run.seed)
+    # Each data-parallel process plays its own games: its own seed stream.
+    rng = random.Random(cfg.run.seed + 1_000_003 * rank)
     start = 0
     if ckpt:
         start = load_checkpoint(ckpt, trainable, learner, rng)["step"]
+        if rank:  # checkpoints hold rank 0's RNG; other ranks start a fresh stream per step
+            rng = random.Random(cfg.run.seed + 1_000_003 * rank + start)
         log(f"Resumed from {ckpt} at step {start}.")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
-    tracker = build_trackers(out, wandb_project, to_dict(cfg))
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out)
+    tracker = build_trackers(out, wandb_project, to_dict(cfg)) if is_main else MultiTracker([])
+    sft_pairs = load_sft_pairs(t.sft_data) if t.sft_data and t.sft_coef > 0 else None
     revise = 0.0 if t.role_mode == "defender-only" else cfg.game.revise_fraction
     roles = TRAINED_ROLES[t.role_mode]
     last: dict[str, Any] = {}
@@ -161,7 +170,8 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
             # 3. learn from the trainable turns.
             t1 = time.perf_counter()
             samples = samples_from_games(games, roles, groups)
-            stats = learner.update(samples)
+            sft = sft_samples(sft_pairs, t.micro_batch_size, sampler, cfg.game.cot, rng) if sft_pairs else None
+            stats = learner.update(samples, sft)
             t_learn = time.perf_counter() - t1
             tokens = sum(len(s.response_ids) for s in samples)
             metrics = game_metrics(games) | stats | {
@@ -170,18 +180,32 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
                 "perf/tokens_per_s": tokens / t_gen if t_gen else 0.0,
             }
             tracker.log(step + 1, metrics)
-            if t.games_log_every and (step + 1) % t.games_log_every == 0:
+            if is_main and t.games_log_every and (step + 1) % t.games_log_every == 0:
                 _write_games(out / "games" / f"step_{step + 1}.jsonl", games)
             last = metrics
-            if progress:
+            if progress and is_main:
                 progress(step + 1, t.steps, metrics)
-            if (step + 1) % t.save_every == 0 or step + 1 == t.steps or stop.requested:
+            stop_now = stop.requested if not accelerator else bool(learner._max(int(stop.requested)))
+            if is_main and ((step + 1) % t.save_every == 0 or step + 1 == t.steps or stop_now):
                 save_checkpoint(out, step + 1, trainable, learner, rng, {"config": to_dict(cfg)})
+            stop.requested = stop_now
             if stop.requested:
                 log(f"Stopped at step {step + 1}; resume with --resume {out}.")
                 break
     tracker.close()
     return last
+
+
+def _accelerator() -> Any | None:
+    """An accelerate Accelerator when launched with several processes (accelerate launch /
+    torchrun set WORLD_SIZE); None in a plain single-process run."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
 
 
 def _frozen_defender(cfg: Config, trainable: TrainablePolicy, sampler: Any) -> Policy:

@@ -95,13 +95,14 @@ class TrainablePolicy:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def build_trainable(cfg: Config) -> TrainablePolicy:
+def build_trainable(cfg: Config, device: torch.device | None = None) -> TrainablePolicy:
+    """`device`: set by the data-parallel launcher (each process its own GPU); else from config."""
     from peft import LoraConfig, get_peft_model
 
     t = cfg.train
     set_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
-    device = resolve_device(cfg.model.device)
+    device = device or resolve_device(cfg.model.device)
     # Train in fp32 on CPU (no native bf16 there, see policy/hf.py); bf16 on GPU.
     dtype = resolve_dtype(cfg.model.dtype, device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, dtype)
@@ -114,8 +115,10 @@ def build_trainable(cfg: Config) -> TrainablePolicy:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
         model.train()
         return TrainablePolicy(model, tokenizer, "shared", reference)
+    n_layers = model.config.num_hidden_layers
+    layers = list(range(n_layers - t.lora_layers, n_layers)) if 0 < t.lora_layers < n_layers else None
     lora = LoraConfig(r=t.lora_rank, lora_alpha=t.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS,
-                      task_type="CAUSAL_LM")
+                      layers_to_transform=layers, task_type="CAUSAL_LM")
     if t.parameter_sharing == "role-adapters":
         model = get_peft_model(model, lora, adapter_name="attacker")
         model.add_adapter("defender", lora)

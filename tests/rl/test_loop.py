@@ -75,3 +75,36 @@ def test_export_merged_loads_in_transformers(tiny_model_dir, tmp_path):
     path = export_merged(run, tmp_path / "merged")
     model = AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True)
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_auxiliary_sft_loss(tiny_model_dir, tmp_path):
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"prompt": "What is 2+2?", "response": "4."}\n{"prompt": "Name a colour.", "response": "Blue."}\n')
+    out = tmp_path / "run"
+    last = train(cfg_for(tiny_model_dir, f"train.sft_data={data}", "train.sft_coef=0.5", steps=1), out,
+                 judge=FakeJudge(), log=lambda *a: None)
+    assert last["loss/sft_nll"] > 0
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tiny_model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "selfredteam.cli", "train", "--out", str(out),
+           "--set", f"model.name_or_path={tiny_model_dir}", "--set", "train.steps=1000", "--set", "train.save_every=1000",
+           "--set", "train.rollout_batch_size=4", "--set", "train.train_batch_size=4", "--set", "train.micro_batch_size=2",
+           "--set", "generation.attacker_max_new_tokens=4", "--set", "generation.defender_max_new_tokens=4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "metrics.jsonl").is_file():
+        time.sleep(1)
+    assert (out / "metrics.jsonl").is_file(), proc.stderr.read() if proc.poll() is not None else "no metrics"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+    assert proc.returncode == 0
+    latest = (out / "checkpoints" / "latest").read_text()
+    assert latest.startswith("step_") and int(latest[5:]) < 1000

@@ -1,0 +1,19 @@
+"""Run by `accelerate launch` from test_distributed.py: one shard of the samples per process."""
+
+import sys
+
+from accelerate import Accelerator
+from safetensors.torch import save_file
+
+from selfredteam.config import TrainConfig
+from selfredteam.rl.learner import Learner
+from tests.rl.test_learner import lora_policy, lora_state, samples
+
+acc = Accelerator(cpu=True)
+rank, world = acc.process_index, acc.num_processes
+policy = lora_policy(0)
+cfg = TrainConfig(lr=1e-2, train_batch_size=4 // world, micro_batch_size=1, kl_coef=0.05)
+Learner(policy, cfg, acc).update(samples()[rank::world])
+if rank == 0:
+    save_file({k: v.contiguous() for k, v in lora_state(policy).items()}, sys.argv[1])
+acc.wait_for_everyone()
