@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
 from selfredteam.game.prompts import Turn
 from selfredteam.judges.base import Judgement
 from selfredteam.policy.base import Generation, SamplingParams
@@ -38,3 +43,30 @@ class FakeJudge:
         self.seen += pairs
         return [Judgement(None, None, None, parse_error=True) if "UNPARSEABLE" in p else Judgement(*self.labels)
                 for p, _ in pairs]
+
+
+@contextlib.contextmanager
+def local_server(reply):
+    """A loopback HTTP server for endpoint tests. `reply(path, body, headers)` returns
+    (status, json-able dict or None); yields the base URL ending in /v1."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            status, data = reply(self.path, body, self.headers)
+            out = json.dumps(data).encode() if data is not None else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}/v1"
+    finally:
+        srv.shutdown()

@@ -1,9 +1,5 @@
 """WildGuard template/parser, the SQLite cache, and the HTTP judge against a local stub server."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 
 from selfredteam.config import JudgeConfig
@@ -16,7 +12,7 @@ from selfredteam.judges.wildguard import (
     format_input,
     parse_output,
 )
-from tests.fakes import FakeJudge
+from tests.fakes import FakeJudge, local_server
 
 
 def test_template_is_the_published_one():
@@ -62,43 +58,28 @@ def test_cache_skips_known_pairs_and_never_stores_parse_errors(tmp_path):
     assert isinstance(again[0], Judgement)
 
 
-class _Stub(BaseHTTPRequestHandler):
-    replies: list = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Stub.requests.append((self.path, body, self.headers.get("Authorization")))
-        texts = ["Harmful request: yes\nResponse refusal: yes\nHarmful response: no", "garbage"]
-        data = {"choices": [{"index": i, "text": texts[i % 2]} for i in range(len(body["prompt"]))]}
-        out = json.dumps(data).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *a):
-        pass
-
-
 @pytest.fixture
 def stub_server():
-    _Stub.requests = []
-    srv = HTTPServer(("127.0.0.1", 0), _Stub)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_port}/v1"
-    srv.shutdown()
+    requests = []
+
+    def reply(path, body, headers):
+        requests.append((path, body, headers.get("Authorization")))
+        texts = ["Harmful request: yes\nResponse refusal: yes\nHarmful response: no", "garbage"]
+        return 200, {"choices": [{"index": i, "text": texts[i % 2]} for i in range(len(body["prompt"]))]}
+
+    with local_server(reply) as url:
+        yield url, requests
 
 
 def test_http_judge_batches_and_counts_parse_errors(stub_server, monkeypatch):
+    url, requests = stub_server
     monkeypatch.setenv("JUDGE_KEY", "s3cret")
-    judge = WildGuardHTTP.from_config(JudgeConfig(kind="wildguard", backend="openai", base_url=stub_server,
+    judge = WildGuardHTTP.from_config(JudgeConfig(kind="wildguard", backend="openai", base_url=url,
                                                   api_key_env="JUDGE_KEY", batch_size=2))
     out = judge.judge([("p1", "r1"), ("p2", "r2"), ("p3", "r3")])
     assert [j.parse_error for j in out] == [False, True, False]
     assert out[0].response_refusal is True
-    path, body, auth = _Stub.requests[0]
+    path, body, auth = requests[0]
     assert path == "/v1/completions" and auth == "Bearer s3cret"
     assert not body["prompt"][0].startswith("<s>") and body["temperature"] == 0.0
 

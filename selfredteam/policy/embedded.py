@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from selfredteam.errors import UserError
+from selfredteam.fsutil import atomic_dir
 
 EMBEDDED_NAME = "qwen2.5-coder-0.5b-instruct"
 GGUF_SIZE = 491_400_064
@@ -97,8 +98,7 @@ def convert_gguf_to_hf(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
+    with atomic_dir(target) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
@@ -111,9 +111,3 @@ def convert_gguf_to_hf(gguf: Path, target: Path) -> None:
                 delattr(model.config, attr)
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

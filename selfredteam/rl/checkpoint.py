@@ -13,25 +13,16 @@ atomic rename, so a kill at any moment leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from selfredteam.errors import UserError
+from selfredteam.fsutil import atomic_dir, write_text_atomic
 
 LATEST = "latest"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: random.Random,
@@ -41,8 +32,7 @@ def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: rando
     ckpt_root = root / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step}"
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=f".step_{step}-"))
-    try:
+    with atomic_dir(final) as tmp:
         sub = tmp / ("adapter" if policy.is_lora else "model")
         policy.model.save_pretrained(str(sub), safe_serialization=True)
         if not policy.is_lora:
@@ -52,13 +42,7 @@ def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: rando
         py_state = rng.getstate()
         (tmp / "rng.json").write_text(json.dumps([py_state[0], list(py_state[1]), py_state[2]]))
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _write_atomic(ckpt_root / LATEST, final.name)
+    write_text_atomic(ckpt_root / LATEST, final.name)
     return final
 
 
