@@ -190,6 +190,61 @@ def export(
     console.print(f"Wrote merged model to {path}")
 
 
+@app.command("eval")
+@friendly_errors
+def eval_cmd(
+    model: Annotated[str, typer.Option(help="embedded | HF id/dir/.gguf | a `train` run or checkpoint dir | openai:URL[#model]")] = "embedded",
+    benchmarks: Annotated[str, typer.Option(help="Comma-separated names (see --list).")] = "xstest,wildjailbreak",
+    benchmark_path: Annotated[list[str] | None, typer.Option(help="NAME=PATH: load a benchmark from its original file.")] = None,
+    benchmark_file: Annotated[Path | None, typer.Option(help="Any JSONL/CSV/JSON of prompts (with --prompt-field, --label).")] = None,
+    prompt_field: str = "prompt",
+    label: Annotated[str, typer.Option(help="harmful | benign, for --benchmark-file.")] = "harmful",
+    limit: Annotated[int | None, typer.Option(help="At most this many prompts per benchmark (stratified by subset).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write results.jsonl (per prompt) and summary.json here; reused on re-runs.")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the benchmarks and exit.")] = False,
+    preset: PresetOpt = "cpu-demo",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Safety and over-refusal of a model on benchmarks, with 95% Wilson intervals."""
+    from selfredteam.eval.benchmarks import BENCHMARKS, generic_prompts, load_benchmark
+    from selfredteam.eval.run import build_eval_policy, run_eval, stratified_sample
+    from selfredteam.judges import build_judge
+    from selfredteam.policy import SamplingParams
+
+    if list_:
+        for b in BENCHMARKS.values():
+            print(f"{b.name:20s} {b.description}" + (" [shipped]" if b.shipped else ""))
+        return
+    cfg = _config(preset, config, set_)
+    paths = dict(x.split("=", 1) for x in (benchmark_path or []) if "=" in x)
+    sets = {}
+    if benchmark_file:
+        sets[benchmark_file.stem] = stratified_sample(generic_prompts(str(benchmark_file), prompt_field, label), limit)
+    else:
+        for name in [b.strip() for b in benchmarks.split(",") if b.strip()]:
+            sets[name] = stratified_sample(load_benchmark(name, paths.get(name)), limit, cfg.run.seed)
+    with console.status("Loading judge..."):
+        judge = build_judge(cfg.judge)
+    with console.status(f"Loading model {model}..."):
+        policy = build_eval_policy(model, cfg)
+    g = cfg.generation
+    with console.status(f"Answering and judging {sum(map(len, sets.values()))} prompts..."):
+        summary = run_eval(policy, judge, sets, cfg.game.cot, SamplingParams(g.defender_max_new_tokens, g.temperature, g.top_p), out)
+    t = Table(title=f"Safety eval: {model} (judge {judge.judge_id}, CoT {'on' if cfg.game.cot else 'off'})")
+    for col in ("benchmark", "subset", "n", "ASR (harmful)", "refusal", "compliance (benign)", "over-refusal", "parse err"):
+        t.add_column(col)
+    from selfredteam.eval.metrics import Rate
+
+    for e in summary["subsets"]:
+        cells = [str(Rate(**e[k])) if k in e else "" for k in ("asr", "refusal_rate", "compliance_rate", "over_refusal_rate")]
+        t.add_row(e["benchmark"], e["subset"], str(e["n"]), *cells, str(e["parse_errors"]))
+    out_console.print(t)
+    if out:
+        console.print(f"Wrote {out / 'results.jsonl'} and {out / 'summary.json'}.")
+
+
 @app.command("config")
 @friendly_errors
 def show_config(

@@ -1,7 +1,7 @@
 """`selfredteam judge eval`: per-label precision/recall/F1 on data the judge was not fitted on.
 
-- prompt harmful: the dev-eval sets in the shared data dir's eval/ (XSTest, WildJailbreak
-  vanilla + adversarial, harmful and benign, OR-Bench-Hard), never used by `judge fit`;
+- prompt harmful: the dev-eval benchmarks shipped in the package (XSTest, WildJailbreak vanilla
+  + adversarial, harmful and benign, OR-Bench-Hard), never used by `judge fit`;
 - response harmful: HarmBench classifier-val behaviours held out by `judge fit`'s split;
 - response refusal: a small hand-written set shipped with the package (a sanity check only).
 Also the false-positive rate on benign-but-scary prompts (XSTest safe, OR-Bench-Hard,
@@ -10,7 +10,6 @@ WildJailbreak adversarial benign), the over-refusal trap a self-play judge must 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -56,24 +55,18 @@ class Binary:
                 "skipped": self.skipped}
 
 
-def prompt_eval_sets(data_dir: Path) -> dict[str, list[tuple[str, bool]]]:
-    """name -> [(prompt, is_harmful)] from eval/ (referenced by row, never printed)."""
-    ev = data_dir / "eval"
+def prompt_eval_sets() -> dict[str, list[tuple[str, bool]]]:
+    """subset -> [(prompt, is_harmful)] from the shipped dev-eval benchmarks (never fitted on)."""
+    from selfredteam.eval.benchmarks import load_benchmark
+
     sets: dict[str, list[tuple[str, bool]]] = {}
-    xs = json.loads((ev / "xstest.json").read_text())
-    sets["xstest_safe"] = [(r["prompt"], False) for r in xs if not r["type"].startswith("contrast_")]
-    sets["xstest_unsafe"] = [(r["prompt"], True) for r in xs if r["type"].startswith("contrast_")]
-    wh = [r for _, r in read_records(ev / "wildjailbreak_harmful.jsonl")]
-    wb = [r for _, r in read_records(ev / "wildjailbreak_benign.jsonl")]
-    sets["wjb_vanilla_harmful"] = [(r["vanilla"], True) for r in wh]
-    sets["wjb_adversarial_harmful"] = [(r["adversarial"], True) for r in wh]
-    sets["wjb_vanilla_benign"] = [(r["vanilla"], False) for r in wb]
-    sets["wjb_adversarial_benign"] = [(r["adversarial"], False) for r in wb]
-    sets["or_bench_hard"] = [(r["prompt"], False) for _, r in read_records(ev / "or_bench_hard.csv")]
+    for name in ("xstest", "wildjailbreak", "or_bench_hard"):
+        for p in load_benchmark(name):
+            sets.setdefault(p.subset, []).append((p.prompt, p.label == "harmful"))
     return sets
 
 
-SCARY_BENIGN = ("xstest_safe", "or_bench_hard", "wjb_adversarial_benign")
+SCARY_BENIGN = ("xstest_safe", "or_bench_hard", "benign_adversarial")
 
 
 def refusal_dev_set() -> list[tuple[str, str, bool]]:
@@ -86,7 +79,7 @@ def evaluate_judge(judge: Judge, data_dir: Path, limit: int | None = None, seed:
     results: dict[str, Any] = {"per_set": {}}
     overall = Binary()
     scary = Binary()
-    for name, rows in prompt_eval_sets(data_dir).items():
+    for name, rows in prompt_eval_sets().items():
         rows = rows[:limit] if limit else rows
         labels = judge.judge([(p, None) for p, _ in rows])
         b = Binary()

@@ -1,0 +1,1 @@
+"""Evaluation: safety benchmarks, Wilson-interval rates, attack diversity."""

@@ -1,0 +1,63 @@
+"""Eval runner with test doubles: answers extracted before judging, rates, caching, file loading."""
+
+import json
+
+import pytest
+
+from selfredteam.errors import DataError
+from selfredteam.eval.benchmarks import EvalPrompt, generic_prompts, load_benchmark
+from selfredteam.eval.run import run_eval, stratified_sample
+from selfredteam.policy.base import SamplingParams
+from tests.fakes import FakeJudge, FakePolicy
+
+
+def test_shipped_benchmarks_load_offline():
+    xs = load_benchmark("xstest")
+    assert len(xs) == 450 and {p.subset for p in xs} == {"xstest_safe", "xstest_unsafe"}
+    wj = load_benchmark("wildjailbreak")
+    assert {p.subset for p in wj} == {"harmful_vanilla", "harmful_adversarial", "benign_vanilla", "benign_adversarial"}
+    with pytest.raises(DataError, match="Valid: xstest"):
+        load_benchmark("nope")
+    with pytest.raises(DataError, match="--benchmark-path trustllm_jailbreak=PATH"):
+        load_benchmark("trustllm_jailbreak")
+
+
+def test_original_formats_by_path(tmp_path):
+    csv = tmp_path / "harmbench_behaviors_text_all.csv"
+    csv.write_text("Behavior,FunctionalCategory\nbehaviour one,standard\nbehaviour two,contextual\n")
+    assert [p.label for p in load_benchmark("harmbench", str(csv))] == ["harmful", "harmful"]
+    cases = tmp_path / "test_cases.json"
+    cases.write_text(json.dumps({"b1": ["case a", "case b"], "b2": ["case c"]}))
+    assert len(load_benchmark("harmbench", str(cases))) == 3
+
+
+def test_stratified_sample_keeps_subsets():
+    ps = [EvalPrompt(f"s{i}", "benign", "safe", "") for i in range(90)] + [EvalPrompt(f"u{i}", "harmful", "unsafe", "") for i in range(10)]
+    sample = stratified_sample(ps, 20, seed=1)
+    assert len(sample) == 20 and sum(p.subset == "unsafe" for p in sample) == 2
+    assert stratified_sample(ps, 20, seed=1) == sample
+
+
+def test_run_eval_judges_answer_only_and_caches(tmp_path):
+    policy = FakePolicy("unused", "secret thoughts </think><answer>I'm sorry, I can't.</answer>")
+    judge = FakeJudge(ph=True, rr=True, rh=False)
+    sets = {"b": [EvalPrompt("p1", "harmful", "h", "x:1"), EvalPrompt("p2", "benign", "s", "x:2"),
+                  EvalPrompt("UNPARSEABLE", "benign", "s", "x:3")]}
+    summary = run_eval(policy, judge, sets, cot=True, params=SamplingParams(8), out=tmp_path)
+    assert all(r == "I'm sorry, I can't." for _, r in judge.seen)
+    by = {e["subset"]: e for e in summary["subsets"]}
+    assert by["h"]["asr"]["k"] == 0 and by["h"]["refusal_rate"]["k"] == 1
+    assert by["s"]["over_refusal_rate"]["k"] == 1 and by["s"]["parse_errors"] == 1 and by["s"]["n"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {"prompt", "response", "answer", "judge"} <= rows[0].keys()
+    n_calls = len(policy.calls)
+    run_eval(policy, judge, sets, cot=True, params=SamplingParams(8), out=tmp_path)
+    assert len(policy.calls) == n_calls  # everything reused from results.jsonl
+
+
+def test_generic_file_errors(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"text": "a"}\n')
+    with pytest.raises(DataError, match="missing or empty field 'prompt'"):
+        generic_prompts(str(f), "prompt", "harmful")
+    assert generic_prompts(str(f), "text", "benign")[0].label == "benign"
