@@ -54,3 +54,17 @@ def test_config_command():
 @pytest.mark.parametrize("cmd", [["--help"], ["play", "--help"], ["judge", "eval", "--help"]])
 def test_help(cmd):
     assert run_cli(*cmd).returncode == 0
+
+
+def test_train_bad_micro_batch_touches_nothing(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli("train", "--out", str(out), "--set", "train.train_batch_size=8", "--set", "train.micro_batch_size=3")
+    assert_clean_error(res, "cannot be split into micro-batches")
+    assert not out.exists()
+
+
+def test_train_missing_resume_dir_touches_nothing(tmp_path):
+    out = tmp_path / "run"
+    res = run_cli("train", "--out", str(out), "--resume", str(tmp_path / "nope"))
+    assert_clean_error(res, "does not exist")
+    assert not out.exists()

@@ -144,6 +144,8 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
+        if ckpt:
+            _truncate_metrics(out / "metrics.jsonl", start)
     tracker = build_trackers(out, wandb_project, to_dict(cfg)) if is_main else MultiTracker([])
     sft_pairs = load_sft_pairs(t.sft_data) if t.sft_data and t.sft_coef > 0 else None
     revise = 0.0 if t.role_mode == "defender-only" else cfg.game.revise_fraction
@@ -219,6 +221,13 @@ def _frozen_defender(cfg: Config, trainable: TrainablePolicy, sampler: Any) -> P
     if not trainable.is_lora:
         raise UserError("attacker-only with full fine-tuning needs train.defender_model (a frozen defender).")
     return RoleView(trainable, sampler, "defender", reference=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """After a resume, drop metric rows of steps that ran after the checkpoint (they are redone)."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in keep))
 
 
 def _write_games(path: Path, games: list[GameRecord]) -> None:

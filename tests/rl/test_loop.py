@@ -86,25 +86,54 @@ def test_auxiliary_sft_loss(tiny_model_dir, tmp_path):
     assert last["loss/sft_nll"] > 0
 
 
-def test_sigterm_saves_a_checkpoint_and_exits(tiny_model_dir, tmp_path):
+def _start_cli_run(out, model_dir, steps=1000, save_every=1000, extra=()):
     import os
-    import signal
     import subprocess
     import sys
+
+    cmd = [sys.executable, "-m", "selfredteam.cli", "train", "--out", str(out),
+           "--set", f"model.name_or_path={model_dir}", "--set", f"train.steps={steps}",
+           "--set", f"train.save_every={save_every}", "--set", "train.rollout_batch_size=4",
+           "--set", "train.train_batch_size=4", "--set", "train.micro_batch_size=2",
+           "--set", "generation.attacker_max_new_tokens=4", "--set", "generation.defender_max_new_tokens=4", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+
+
+def _wait_for(path, proc, timeout=300):
     import time
 
+    deadline = time.time() + timeout
+    while time.time() < deadline and not path.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.5)
+    assert path.exists()
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tiny_model_dir, tmp_path):
+    import signal
+
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "selfredteam.cli", "train", "--out", str(out),
-           "--set", f"model.name_or_path={tiny_model_dir}", "--set", "train.steps=1000", "--set", "train.save_every=1000",
-           "--set", "train.rollout_batch_size=4", "--set", "train.train_batch_size=4", "--set", "train.micro_batch_size=2",
-           "--set", "generation.attacker_max_new_tokens=4", "--set", "generation.defender_max_new_tokens=4"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
-    deadline = time.time() + 300
-    while time.time() < deadline and not (out / "metrics.jsonl").is_file():
-        time.sleep(1)
-    assert (out / "metrics.jsonl").is_file(), proc.stderr.read() if proc.poll() is not None else "no metrics"
+    proc = _start_cli_run(out, tiny_model_dir)
+    _wait_for(out / "metrics.jsonl", proc)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=300)
     assert proc.returncode == 0
     latest = (out / "checkpoints" / "latest").read_text()
     assert latest.startswith("step_") and int(latest[5:]) < 1000
+
+
+def test_kill_9_then_resume_continues_from_last_checkpoint(tiny_model_dir, tmp_path):
+    import signal
+
+    out = tmp_path / "run"
+    proc = _start_cli_run(out, tiny_model_dir, steps=6, save_every=2)
+    _wait_for(out / "checkpoints" / "step_2" / "state.json", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    done = int((out / "checkpoints" / "latest").read_text()[5:])
+    assert done >= 2
+    proc = _start_cli_run(out, tiny_model_dir, steps=6, save_every=2, extra=["--resume", str(out)])
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # rows after the checkpoint were redone, not duplicated
+    assert (out / "checkpoints" / "latest").read_text() == "step_6"
