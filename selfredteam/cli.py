@@ -131,7 +131,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     for k, v in summary["outcomes"].items():
         t.add_row(f"outcome/{k}", str(v))
     out_console.print(t)
-    console.print(f"Wrote {out / 'games.jsonl'}, {out / 'summary.json'} and {out / 'config.yaml'}.")
+    console.print(f"Outputs in {out}.")
 
 
 @app.command()
@@ -243,6 +243,69 @@ def eval_cmd(
     out_console.print(t)
     if out:
         console.print(f"Wrote {out / 'results.jsonl'} and {out / 'summary.json'}.")
+
+
+@app.command()
+@friendly_errors
+def diversity(
+    run: Annotated[Path, typer.Argument(help="A `train` run dir (reads games/step_N.jsonl) or an `attack` output dir.")],
+    last_steps: Annotated[int | None, typer.Option(help="Only the last N steps' games.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Attack diversity: SBERT similarity / diversity and Self-BLEU of the attacker's prompts."""
+    from selfredteam.eval.diversity import attacks_from_run, diversity_report
+
+    if (run / "attacks.jsonl").is_file():
+        attacks = [json.loads(x) for x in (run / "attacks.jsonl").read_text().splitlines()]
+    else:
+        attacks = attacks_from_run(run, last_steps)
+    _print_kv("Attack diversity", diversity_report(attacks))
+
+
+@app.command()
+@friendly_errors
+def attack(
+    model: Annotated[str, typer.Option(help="Attacker: embedded | HF id/dir | a `train` run or checkpoint dir | openai:URL[#model]")] = "embedded",
+    n: Annotated[int, typer.Option("--n", help="How many seeds to revise.")] = 16,
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/attack"),
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Seed file or HF name (default: shipped pool).")] = None,
+    preset: PresetOpt = "cpu-demo",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Red-team on demand: revise seeds into attacks with a (trained) attacker; writes attacks.jsonl."""
+    from selfredteam.data import FieldMap, load_seeds, sample_batch
+    from selfredteam.eval.diversity import diversity_report, generate_attacks
+    from selfredteam.eval.run import build_eval_policy
+    from selfredteam.policy import SamplingParams
+
+    cfg = _config(preset, config, list(set_ or []) + ([f"data.seeds={seeds}"] if seeds else []))
+    d = cfg.data
+    pool = load_seeds(d.seeds, FieldMap(d.prompt_field, d.label_field, tuple(d.harmful_values), tuple(d.benign_values)), d.split)
+    batch = sample_batch(pool, n, cfg.game.harmful_fraction, random.Random(cfg.run.seed))
+    with console.status(f"Loading attacker {model}..."):
+        policy = build_eval_policy(model, cfg)
+    g = cfg.generation
+    with console.status(f"Generating {len(batch)} attacks..."):
+        attacks = generate_attacks(policy, batch, cfg.game.cot, SamplingParams(g.attacker_max_new_tokens, g.temperature, g.top_p))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    with open(out / "attacks.jsonl", "w", encoding="utf-8") as f:
+        for a in attacks:
+            f.write(json.dumps(a, ensure_ascii=False) + "\n")
+    if len(attacks) >= 2:
+        _print_kv("Attack diversity", diversity_report(attacks))
+    console.print(f"Wrote {out / 'attacks.jsonl'}.")
+
+
+def _print_kv(title: str, d: dict[str, Any]) -> None:
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in d.items():
+        t.add_row(k, _fmt(v))
+    out_console.print(t)
 
 
 @app.command("config")

@@ -61,3 +61,20 @@ def test_generic_file_errors(tmp_path):
     with pytest.raises(DataError, match="missing or empty field 'prompt'"):
         generic_prompts(str(f), "prompt", "harmful")
     assert generic_prompts(str(f), "text", "benign")[0].label == "benign"
+
+
+def test_attacks_from_run_and_generate(tmp_path):
+    from selfredteam.data import Seed
+    from selfredteam.eval.diversity import attacks_from_run, generate_attacks
+
+    games = tmp_path / "games"
+    games.mkdir()
+    rows = [{"seed": "s1", "seed_label": "harmful", "attacker": {"answer": "a1"}},
+            {"seed": "s2", "seed_label": "benign", "attacker": None}]
+    (games / "step_1.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (games / "step_2.jsonl").write_text(json.dumps(rows[0] | {"attacker": {"answer": "a2"}}) + "\n")
+    assert [a["attack"] for a in attacks_from_run(tmp_path)] == ["a1", "a2"]
+    assert [a["attack"] for a in attacks_from_run(tmp_path, last_steps=1)] == ["a2"]
+    out = generate_attacks(FakePolicy("plan </think><answer>new prompt</answer>", "x"),
+                           [Seed("s", "harmful")], cot=True, params=SamplingParams(8))
+    assert out[0]["attack"] == "new prompt" and out[0]["cot_violation"] is False
