@@ -181,6 +181,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "generation.attacker_max_new_tokens": 64,
         "generation.defender_max_new_tokens": 64,
         "generation.batch_size": 16,
+        # T=1 on a 0.5B model samples incoherent text that never closes its tags; the learner
+        # optimises the tempered policy softmax(logits / T), so this stays on-policy.
+        "generation.temperature": 0.7,
         "train.steps": 20,
         "train.rollout_batch_size": 8,
         "train.train_batch_size": 12,

@@ -30,8 +30,9 @@ class Generation:
     finish_reason: str = "stop"
     """`stop` (EOS) or `length` (hit max_new_tokens)."""
     logprobs: list[float] | None = None
-    """log pi(token) of each completion token under the sampling model at temperature 1 (the
-    learner's "old" log-probs, saving it a forward pass); None when the backend cannot say."""
+    """log pi(token) of each completion token under the sampling model with its logits divided by
+    the sampling temperature (the learner's "old" log-probs, saving it a forward pass); None when
+    the backend cannot say. top-p truncation is not reflected: keep top_p=1 for exact on-policy RL."""
 
 
 @runtime_checkable

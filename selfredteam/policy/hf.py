@@ -158,10 +158,11 @@ class TransformersPolicy:
             output_logits=True,
         )
         new_tokens = out.sequences[:, width:]
-        # Raw (temperature-1) logits of each step -> log-prob of the sampled token, step by step
-        # so only a [B, V] slice is ever in float32.
+        # Raw logits of each step / temperature -> log-prob of the sampled token under the tempered
+        # policy the learner optimises; step by step so only a [B, V] slice is ever in float32.
+        temp = params.temperature if sample else 1.0
         step_logp = torch.stack([
-            torch.log_softmax(lg.float(), dim=-1).gather(-1, new_tokens[:, t : t + 1]).squeeze(-1)
+            torch.log_softmax(lg.float() / temp, dim=-1).gather(-1, new_tokens[:, t : t + 1]).squeeze(-1)
             for t, lg in enumerate(out.logits)
         ], dim=1).tolist()
         gens = []

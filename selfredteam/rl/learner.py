@@ -53,9 +53,12 @@ class Learner:
     normalised by the global token count, so N processes on N shards update exactly like one
     process on all the data."""
 
-    def __init__(self, policy: TrainablePolicy, cfg: TrainConfig, accelerator: Any | None = None) -> None:
+    def __init__(self, policy: TrainablePolicy, cfg: TrainConfig, accelerator: Any | None = None,
+                 temperature: float = 1.0) -> None:
         self.policy = policy
         self.cfg = cfg
+        self.temperature = temperature if temperature > 0 else 1.0
+        """Sampling temperature: the optimised policy is softmax(logits / T), as sampled."""
         self.pad_id = policy.tokenizer.pad_token_id
         self.acc = accelerator
         self.world = accelerator.num_processes if accelerator is not None else 1
@@ -108,9 +111,9 @@ class Learner:
             with self.policy.role(samples[mb[0]].role):
                 if use_reference:
                     with self.policy.reference() as ref:
-                        lp, _ = response_logprobs(ref, batch)
+                        lp, _ = response_logprobs(ref, batch, temperature=self.temperature)
                 else:
-                    lp, _ = response_logprobs(self.policy.model, batch)
+                    lp, _ = response_logprobs(self.policy.model, batch, temperature=self.temperature)
             for row, i in enumerate(mb):
                 out[i] = lp[row, : len(samples[i].response_ids)].cpu()
         return [t for t in out if t is not None]
@@ -125,7 +128,7 @@ class Learner:
         for mb in self._micro_batches(list(range(len(sft))), sft):
             batch = self._pack(sft, mb)
             with self.policy.role("defender"):
-                lp, _ = response_logprobs(self.train_model, batch)
+                lp, _ = response_logprobs(self.train_model, batch)  # SFT: the untempered model
             loss = -coef * lp.sum() / n_tokens
             loss.backward()
             total += loss.item()
@@ -185,7 +188,8 @@ class Learner:
                     mb, weight = (local[k], 1.0) if k < len(local) else ([order[0]], 0.0)
                     batch = self._pack(samples, mb)
                     with self._sync_context(last=k == n_micro - 1), self.policy.role(samples[mb[0]].role):
-                        lp, ent = response_logprobs(self.train_model, batch, with_entropy=True)
+                        lp, ent = response_logprobs(self.train_model, batch, with_entropy=True,
+                                                    temperature=self.temperature)
                         w = lp.shape[1]
                         m = batch.response_mask.to(lp.device)
                         loss, info = policy_loss(lp, old[mb, :w].to(lp.device), adv[mb, :w].to(lp.device), m,

@@ -64,8 +64,10 @@ def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = 4) -> torch.Tens
 
 
 def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: bool = False,
-                      chunk_rows: int = 4) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """[B, R] log-probs of the response tokens (0 on padding), and optionally their entropies."""
+                      chunk_rows: int = 4, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, R] log-probs of the response tokens (0 on padding), and optionally their entropies.
+
+    The policy is softmax(logits / temperature): the distribution the tokens were sampled from."""
     R = batch.response_ids.shape[1]
     device = next(model.parameters()).device
     out = model(
@@ -78,6 +80,8 @@ def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: 
     # Column j of the kept logits predicts the token after it: the first R columns predict
     # the R response tokens.
     logits = out.logits[:, :R, :]
+    if temperature != 1.0:
+        logits = logits / temperature
     ids = batch.response_ids.to(device)
     mask = batch.response_mask.to(device)
     logp = selective_log_softmax(logits, ids, chunk_rows) * mask

@@ -126,7 +126,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     rank = accelerator.process_index if accelerator else 0
     is_main = rank == 0
     trainable = build_trainable(cfg, device=accelerator.device if accelerator else None)
-    learner = Learner(trainable, t, accelerator)
+    learner = Learner(trainable, t, accelerator, temperature=g.temperature)
     sampler = TransformersPolicy(trainable.model, trainable.tokenizer, cfg.model.name_or_path, g.batch_size)
     attacker: Policy = RoleView(trainable, sampler, "attacker")
     defender: Policy = attacker if trainable.sharing == "shared" else RoleView(trainable, sampler, "defender")

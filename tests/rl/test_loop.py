@@ -137,3 +137,28 @@ def test_kill_9_then_resume_continues_from_last_checkpoint(tiny_model_dir, tmp_p
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # rows after the checkpoint were redone, not duplicated
     assert (out / "checkpoints" / "latest").read_text() == "step_6"
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_generation_logprobs_match_the_learner(tiny_model_dir, temperature):
+    """The 'old' log-probs recorded while sampling equal the learner's own forward pass."""
+    import torch
+
+    from selfredteam.game.prompts import attacker_turn, defender_turn
+    from selfredteam.policy.base import SamplingParams
+    from selfredteam.policy.hf import TransformersPolicy
+    from selfredteam.rl.learner import Learner, Sample
+    from selfredteam.rl.model import build_trainable
+
+    cfg = cfg_for(tiny_model_dir)
+    trainable = build_trainable(cfg)
+    sampler = TransformersPolicy(trainable.model, trainable.tokenizer, "tiny", batch_size=4)
+    torch.manual_seed(0)
+    with trainable.merged():
+        gens = sampler.generate([defender_turn("Hi there", True), attacker_turn("a seed", True, True)],
+                                SamplingParams(8, temperature, 1.0))
+    samples = [Sample("defender", g.prompt_ids, g.completion_ids, 0.0) for g in gens]
+    learner = Learner(trainable, cfg.train, temperature=temperature)
+    recomputed = learner._score(samples, use_reference=False)
+    for g, lp in zip(gens, recomputed):
+        assert torch.allclose(torch.tensor(g.logprobs), lp, atol=2e-4)
