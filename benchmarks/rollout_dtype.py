@@ -1,7 +1,8 @@
 """Rollout throughput of the transformers backend on the embedded model: fp32 vs bf16.
 
-Prints a Markdown table (tokens/s, prefill s, decode s/step) for sampling `--new-tokens`
-tokens from attacker prompts at each batch size. Run on an otherwise idle machine:
+Prints a Markdown table for sampling `--new-tokens` tokens from attacker prompts at each batch
+size: end-to-end generate() tokens/s (prefill included), the prefill alone, and one cached
+decode step. Run on an otherwise idle machine:
 
     python benchmarks/rollout_dtype.py --batches 1 8 --new-tokens 32
 """
@@ -28,17 +29,23 @@ def measure(policy: TransformersPolicy, batch: int, new_tokens: int) -> dict[str
     pad = policy.tokenizer.pad_token_id
     width = max(map(len, enc))
     ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc])
+    attn = (ids != pad).long()
     with torch.inference_mode():
         t0 = time.perf_counter()
-        policy.model(input_ids=ids, attention_mask=(ids != pad).long())
+        out = policy.model(input_ids=ids, attention_mask=attn, use_cache=True)
         prefill = time.perf_counter() - t0
+        # Decode: cached one-token forwards, as generate does after the prefill.
+        pkv, nxt = out.past_key_values, ids[:, -1:]
+        t0 = time.perf_counter()
+        for _ in range(4):
+            attn = torch.cat([attn, torch.ones(len(enc), 1, dtype=torch.long)], dim=1)
+            pkv = policy.model(input_ids=nxt, attention_mask=attn, past_key_values=pkv, use_cache=True).past_key_values
+        decode = (time.perf_counter() - t0) / 4
     t0 = time.perf_counter()
     gens = policy._generate_batch(enc, SamplingParams(new_tokens, 1.0, 1.0))
     total = time.perf_counter() - t0
     tokens = sum(len(g.completion_ids) for g in gens)
-    steps = max(len(g.completion_ids) for g in gens)
-    return {"tok_s": tokens / total, "prefill_s": prefill, "decode_step_s": (total - prefill) / max(steps, 1),
-            "prompt_tokens": width}
+    return {"tok_s": tokens / total, "prefill_s": prefill, "decode_step_s": decode, "prompt_tokens": width}
 
 
 def main() -> None:
