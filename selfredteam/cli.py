@@ -73,7 +73,7 @@ def play(
     debug: DebugOpt = False,
 ) -> None:
     """Play real self-play games (attacker revises, defender answers, judge labels) and save them."""
-    from selfredteam.data import FieldMap, load_seeds, sample_batch
+    from selfredteam.data import load_pool, sample_batch
     from selfredteam.game.play import play_games, summarize
     from selfredteam.judges import build_judge
     from selfredteam.policy import SamplingParams, build_policy
@@ -83,10 +83,8 @@ def play(
     cfg = _config(preset, config, overrides)
     if games < 1:
         raise UserError("--games must be at least 1.")
-    d = cfg.data
     # Cheap checks first: a bad seed file or judge URL fails before any model loads.
-    pool = load_seeds(d.seeds, FieldMap(d.prompt_field, d.label_field, tuple(d.harmful_values),
-                                        tuple(d.benign_values)), d.split)
+    pool = load_pool(cfg.data)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     with console.status("Loading judge..."):
@@ -275,14 +273,13 @@ def attack(
     debug: DebugOpt = False,
 ) -> None:
     """Red-team on demand: revise seeds into attacks with a (trained) attacker; writes attacks.jsonl."""
-    from selfredteam.data import FieldMap, load_seeds, sample_batch
+    from selfredteam.data import load_pool, sample_batch
     from selfredteam.eval.diversity import diversity_report, generate_attacks
     from selfredteam.eval.run import build_eval_policy
     from selfredteam.policy import SamplingParams
 
     cfg = _config(preset, config, list(set_ or []) + ([f"data.seeds={seeds}"] if seeds else []))
-    d = cfg.data
-    pool = load_seeds(d.seeds, FieldMap(d.prompt_field, d.label_field, tuple(d.harmful_values), tuple(d.benign_values)), d.split)
+    pool = load_pool(cfg.data)
     batch = sample_batch(pool, n, cfg.game.harmful_fraction, random.Random(cfg.run.seed))
     with console.status(f"Loading attacker {model}..."):
         policy = build_eval_policy(model, cfg)

@@ -190,6 +190,13 @@ def _load_hf(name: str, fmap: FieldMap, split: str) -> list[Seed]:
     return to_seeds([(i, dict(row)) for i, row in enumerate(ds)], fmap, f"{name}[{split}]")
 
 
+def load_pool(data_cfg: Any, spec: str | None = None) -> list[Seed]:
+    """Seeds from `spec` (default: the config's `data.seeds`) with the config's field mapping."""
+    d = data_cfg
+    fmap = FieldMap(d.prompt_field, d.label_field, tuple(d.harmful_values), tuple(d.benign_values))
+    return load_seeds(spec or d.seeds, fmap, d.split)
+
+
 def sample_batch(pool: list[Seed], n: int, harmful_fraction: float, rng: random.Random) -> list[Seed]:
     """Draw `n` seeds, `harmful_fraction` of them harmful (without replacement within a batch)."""
     harmful = [s for s in pool if s.harmful]

@@ -19,9 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from selfredteam.config import Config, save_config, to_dict
-from selfredteam.data import FieldMap, Seed, load_seeds, sample_batch
-from selfredteam.errors import UserError
+from selfredteam.data import Seed, load_pool, sample_batch
+from selfredteam.errors import EndpointError, UserError
 from selfredteam.game.play import GameRecord, play_games
 from selfredteam.judges.base import Judge
 from selfredteam.policy.base import Generation, MeteredPolicy, Policy, SamplingParams
@@ -115,12 +117,9 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
 
     t, g = cfg.train, cfg.generation
     ckpt = _check_resume(cfg, resume)
-    d = cfg.data
-    pool = load_seeds(d.seeds, FieldMap(d.prompt_field, d.label_field, tuple(d.harmful_values),
-                                        tuple(d.benign_values)), d.split)
+    pool = load_pool(cfg.data)
     if t.role_mode == "defender-only" and t.static_prompts:
-        pool += load_seeds(t.static_prompts, FieldMap(d.prompt_field, d.label_field, tuple(d.harmful_values),
-                                                      tuple(d.benign_values)))
+        pool += load_pool(cfg.data, t.static_prompts)
     judge = judge or build_judge(cfg.judge)
     accelerator = _accelerator()
     rank = accelerator.process_index if accelerator else 0
@@ -155,18 +154,31 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     with stop.installed(log):
         for step in range(start, t.steps):
             t0 = time.perf_counter()
+            rng_before, torch_rng_before = rng.getstate(), torch.get_rng_state()
             # 1. seeds: a balanced batch; each seed played samples_per_prompt times (GRPO/RLOO groups).
             base = sample_batch(pool, t.rollout_batch_size, cfg.game.harmful_fraction, rng)
             seeds: list[Seed] = [s for s in base for _ in range(t.samples_per_prompt)]
             groups = [i for i in range(len(base)) for _ in range(t.samples_per_prompt)]
             # 2. play with the current policy (generation + judge).
             gen_s0 = attacker.seconds + (defender.seconds if defender else 0.0)
-            games = play_games(
-                seeds, attacker, judge, reward_mode=cfg.game.reward_mode, cot=cfg.game.cot,
-                revise_fraction=revise, rng=rng, defender=defender,
-                attacker_params=SamplingParams(g.attacker_max_new_tokens, g.temperature, g.top_p),
-                defender_params=SamplingParams(g.defender_max_new_tokens, g.temperature, g.top_p),
-            )
+            try:
+                games = play_games(
+                    seeds, attacker, judge, reward_mode=cfg.game.reward_mode, cot=cfg.game.cot,
+                    revise_fraction=revise, rng=rng, defender=defender,
+                    attacker_params=SamplingParams(g.attacker_max_new_tokens, g.temperature, g.top_p),
+                    defender_params=SamplingParams(g.defender_max_new_tokens, g.temperature, g.top_p),
+                )
+            except EndpointError as e:
+                # The judge (or a remote policy) stayed down after its retries. Nothing of this
+                # step was learned: save the completed steps with the RNG as it was before the
+                # step, so --resume replays exactly this step.
+                rng.setstate(rng_before)
+                torch.set_rng_state(torch_rng_before)
+                if is_main:
+                    save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)})
+                tracker.close()
+                raise EndpointError(f"{e} Saved a checkpoint after {step} completed steps; fix the "
+                                    f"endpoint and continue with --resume {out}.") from None
             t_play = time.perf_counter() - t0
             t_gen = attacker.seconds + (defender.seconds if defender else 0.0) - gen_s0
             # 3. learn from the trainable turns.

@@ -162,3 +162,35 @@ def test_generation_logprobs_match_the_learner(tiny_model_dir, temperature):
     recomputed = learner._score(samples, use_reference=False)
     for g, lp in zip(gens, recomputed):
         assert torch.allclose(torch.tensor(g.logprobs), lp, atol=2e-4)
+
+
+class _DownJudge:
+    """Test double: a judge whose endpoint fails (after its own retries) from call `fail_from` on."""
+
+    judge_id = "down"
+
+    def __init__(self, fail_from):
+        self.calls, self.fail_from, self.inner = 0, fail_from, FakeJudge()
+
+    def judge(self, pairs):
+        from selfredteam.errors import EndpointError
+
+        self.calls += 1
+        if self.calls >= self.fail_from:
+            raise EndpointError("The judge endpoint at http://127.0.0.1:9/v1 failed after 4 attempts.")
+        return self.inner.judge(pairs)
+
+
+def test_judge_outage_saves_a_resumable_checkpoint(tiny_model_dir, tmp_path):
+    from selfredteam.errors import EndpointError
+
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    train(cfg_for(tiny_model_dir, "train.save_every=100", steps=3), full, judge=FakeJudge(), log=lambda *a: None)
+    with pytest.raises(EndpointError, match="Saved a checkpoint after 2 completed steps"):
+        train(cfg_for(tiny_model_dir, "train.save_every=100", steps=3), broken, judge=_DownJudge(fail_from=3),
+              log=lambda *a: None)
+    assert (broken / "checkpoints" / "latest").read_text() == "step_2"
+    train(cfg_for(tiny_model_dir, "train.save_every=100", steps=3), broken, resume=broken, judge=FakeJudge(),
+          log=lambda *a: None)
+    assert (full / "games" / "step_3.jsonl").read_text() == (broken / "games" / "step_3.jsonl").read_text()
+    assert read_metrics(full)[-1]["loss/policy"] == read_metrics(broken)[-1]["loss/policy"]
