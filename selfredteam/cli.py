@@ -305,6 +305,20 @@ def _print_kv(title: str, d: dict[str, Any]) -> None:
     out_console.print(t)
 
 
+@app.command()
+@friendly_errors
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="One or more `train` run dirs (compared side by side).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write report.html and report.md.")] = Path("runs/report"),
+    debug: DebugOpt = False,
+) -> None:
+    """A self-contained HTML report (curves, eval tables, sample games) plus a Markdown summary."""
+    from selfredteam.eval.report import build_report
+
+    html_path, md_path = build_report(runs, out)
+    console.print(f"Wrote {html_path} and {md_path}.")
+
+
 @app.command("config")
 @friendly_errors
 def show_config(

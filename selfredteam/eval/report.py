@@ -1,0 +1,144 @@
+"""`selfredteam report RUN [RUN ...]`: one self-contained HTML file (plots embedded) + Markdown.
+
+For each run: training curves from metrics.jsonl, the before/after safety table when the run
+dir holds `eval/<name>/summary.json` files (from `selfredteam eval --out RUN/eval/<name>`),
+attack diversity of the last steps' attacker prompts, and sample games with the model text
+collapsed behind a click and a content warning. Several runs add a comparison table (e.g.
+self-play vs attacker-only vs defender-only vs no-CoT).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from selfredteam.errors import UserError
+from selfredteam.eval.metrics import Rate
+
+CURVES = [
+    ("reward/defender_mean", "defender mean reward"),
+    ("reward/attacker_mean", "attacker mean reward"),
+    ("game/defender_correct_refusal", "defender correct-refusal rate"),
+    ("game/benign_refusal_rate", "benign refusal rate (over-refusal)"),
+    ("cot/violation_rate", "CoT-violation rate"),
+    ("kl/mean", "KL to reference"),
+]
+COMPARE = {"reward/defender_mean": "defender reward", "reward/attacker_mean": "attacker reward",
+           "game/defender_correct_refusal": "correct refusal", "game/asr": "in-training ASR",
+           "game/benign_refusal_rate": "benign refusal", "cot/violation_rate": "CoT violations"}
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run} has no metrics.jsonl: pass a `selfredteam train` run dir.")
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _last_mean(rows: list[dict[str, Any]], key: str, k: int = 5) -> float | None:
+    vals = [r[key] for r in rows[-k:] if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plot_curves(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """One PNG (base64) with a panel per key metric, a line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (key, label) in zip(axes.flat, CURVES):
+        for name, rows in runs.items():
+            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=name)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
+def _eval_tables(run: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    out = []
+    for summ in sorted((run / "eval").glob("*/summary.json")) if (run / "eval").is_dir() else []:
+        out.append((summ.parent.name, json.loads(summ.read_text())["subsets"]))
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def _sample_games(run: Path, n: int = 6) -> list[dict[str, Any]]:
+    files = sorted((run / "games").glob("step_*.jsonl"), key=lambda p: int(p.stem.split("_")[1]))
+    return [json.loads(x) for x in files[-1].read_text().splitlines()[:n]] if files else []
+
+
+def build_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
+    """Write OUT/report.html (self-contained) and OUT/report.md; return their paths."""
+    data = {r.name: _metrics(r) for r in runs}
+    curves = plot_curves(data)
+    h: list[str] = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>selfredteam report</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th:first-child,td:first-child{text-align:left}.warn{background:#fff3cd;padding:8px;border-radius:4px}"
+        "pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}</style></head><body>",
+        "<h1>selfredteam report</h1>",
+        "<h2>Training curves</h2>",
+        f"<img id='curves' alt='training curves' src='data:image/png;base64,{curves}' style='width:100%'>",
+    ]
+    md = ["# selfredteam report", "", "## Last-5-step means", ""]
+    h.append("<h2>Runs (mean of the last 5 steps)</h2><table><tr><th>run</th><th>steps</th>"
+             + "".join(f"<th title='{k}'>{html.escape(v)}</th>" for k, v in COMPARE.items()) + "</tr>")
+    md.append("| run | steps | " + " | ".join(COMPARE.values()) + " |")
+    md.append("|---|---|" + "---|" * len(COMPARE))
+    for name, rows in data.items():
+        vals = [_last_mean(rows, k) for k in COMPARE]
+        h.append(f"<tr><td>{html.escape(name)}</td><td>{len(rows)}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in vals) + "</tr>")
+        md.append(f"| {name} | {len(rows)} | " + " | ".join(_fmt(v) for v in vals) + " |")
+    h.append("</table>")
+    for run in runs:
+        for label, subsets in _eval_tables(run):
+            h.append(f"<h2>Safety eval: {html.escape(run.name)} / {html.escape(label)}</h2><table><tr><th>benchmark</th>"
+                     "<th>subset</th><th>n</th><th>ASR</th><th>refusal</th><th>compliance</th><th>over-refusal</th></tr>")
+            md += ["", f"## Safety eval: {run.name} / {label}", "", "| benchmark | subset | n | ASR | refusal | compliance | over-refusal |",
+                   "|---|---|---|---|---|---|---|"]
+            for e in subsets:
+                cells = [str(Rate(**e[k])) if k in e else "" for k in ("asr", "refusal_rate", "compliance_rate", "over_refusal_rate")]
+                h.append(f"<tr><td>{html.escape(e['benchmark'])}</td><td>{html.escape(e['subset'])}</td><td>{e['n']}</td>"
+                         + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+                md.append(f"| {e['benchmark']} | {e['subset']} | {e['n']} | " + " | ".join(cells) + " |")
+            h.append("</table>")
+    h.append("<h2>Sample games (last step)</h2><p class='warn'>Content warning: model outputs below may "
+             "contain harmful text; each is collapsed until you click it.</p>")
+    for run in runs:
+        for g in _sample_games(run):
+            att = g.get("attacker") or {}
+            summary = (f"{html.escape(run.name)}: {g['seed_label']} seed, revised={g['revised']}, "
+                       f"rewards={html.escape(json.dumps(g['rewards']))}, outcomes={html.escape(', '.join(g['outcomes']))}")
+            body = ""
+            if att:
+                body += f"<b>attacker prompt</b><pre>{html.escape(att.get('answer', ''))}</pre>"
+            body += f"<b>defender answer</b><pre>{html.escape(g['defender']['answer'])}</pre>"
+            h.append(f"<details><summary>{summary}</summary>{body}</details>")
+    h.append("</body></html>")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text("\n".join(h), encoding="utf-8")
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return out / "report.html", out / "report.md"
