@@ -194,3 +194,18 @@ def test_judge_outage_saves_a_resumable_checkpoint(tiny_model_dir, tmp_path):
           log=lambda *a: None)
     assert (full / "games" / "step_3.jsonl").read_text() == (broken / "games" / "step_3.jsonl").read_text()
     assert read_metrics(full)[-1]["loss/policy"] == read_metrics(broken)[-1]["loss/policy"]
+
+
+def test_eval_accepts_a_train_run_as_model(tiny_model_dir, tmp_path):
+    from selfredteam.eval.benchmarks import EvalPrompt
+    from selfredteam.eval.run import build_eval_policy, run_eval
+    from selfredteam.policy.base import SamplingParams
+
+    run = tmp_path / "run"
+    cfg = cfg_for(tiny_model_dir, steps=1)
+    train(cfg, run, judge=FakeJudge(), log=lambda *a: None)
+    policy = build_eval_policy(str(run), cfg)
+    assert policy.name.startswith("checkpoint:")
+    summary = run_eval(policy, FakeJudge(), {"b": [EvalPrompt("hello", "benign", "s", "x:1")]}, cot=True,
+                       params=SamplingParams(4, 0.7, 1.0), out=tmp_path / "ev")
+    assert summary["n"] == 1 and (tmp_path / "ev" / "results.jsonl").is_file()
