@@ -76,8 +76,8 @@ def play(
     from selfredteam.data import load_pool, sample_batch
     from selfredteam.game.play import play_games, summarize
     from selfredteam.judges import build_judge
-    from selfredteam.policy import SamplingParams, build_policy
-    from selfredteam.policy.base import MeteredPolicy
+    from selfredteam.policy import build_policy
+    from selfredteam.policy.base import MeteredPolicy, sampling_params
 
     overrides = list(set_ or []) + ([f"data.seeds={seeds}"] if seeds else [])
     cfg = _config(preset, config, overrides)
@@ -95,14 +95,13 @@ def play(
         policy = MeteredPolicy(build_policy(cfg))
     rng = random.Random(cfg.run.seed)
     batch = sample_batch(pool, games, cfg.game.harmful_fraction, rng)
-    g = cfg.generation
     t0 = time.perf_counter()
     with console.status(f"Playing {len(batch)} games..."):
         records = play_games(
             batch, policy, judge,
             reward_mode=cfg.game.reward_mode, cot=cfg.game.cot, revise_fraction=cfg.game.revise_fraction,
-            attacker_params=SamplingParams(g.attacker_max_new_tokens, g.temperature, g.top_p),
-            defender_params=SamplingParams(g.defender_max_new_tokens, g.temperature, g.top_p),
+            attacker_params=sampling_params(cfg.generation, "attacker"),
+            defender_params=sampling_params(cfg.generation, "defender"),
             rng=rng,
         )
     wall = time.perf_counter() - t0
@@ -171,7 +170,7 @@ def train(
                             progress=on_step)
     console.print(f"Done. Metrics in {out / 'metrics.jsonl'}, checkpoints in {out / 'checkpoints'}.")
     if last:
-        _print_summary({k: v for k, v in last.items() if not isinstance(v, dict)} | {"outcomes": {}}, out)
+        _print_kv("Last step", last)
 
 
 @app.command()
@@ -209,7 +208,7 @@ def eval_cmd(
     from selfredteam.eval.benchmarks import BENCHMARKS, generic_prompts, load_benchmark
     from selfredteam.eval.run import build_eval_policy, run_eval, stratified_sample
     from selfredteam.judges import build_judge
-    from selfredteam.policy import SamplingParams
+    from selfredteam.policy.base import sampling_params
 
     if list_:
         for b in BENCHMARKS.values():
@@ -227,9 +226,8 @@ def eval_cmd(
         judge = build_judge(cfg.judge)
     with console.status(f"Loading model {model}..."):
         policy = build_eval_policy(model, cfg)
-    g = cfg.generation
     with console.status(f"Answering and judging {sum(map(len, sets.values()))} prompts..."):
-        summary = run_eval(policy, judge, sets, cfg.game.cot, SamplingParams(g.defender_max_new_tokens, g.temperature, g.top_p), out)
+        summary = run_eval(policy, judge, sets, cfg.game.cot, sampling_params(cfg.generation, "defender"), out)
     t = Table(title=f"Safety eval: {model} (judge {judge.judge_id}, CoT {'on' if cfg.game.cot else 'off'})")
     for col in ("benchmark", "subset", "n", "ASR (harmful)", "refusal", "compliance (benign)", "over-refusal", "parse err"):
         t.add_column(col)
@@ -276,16 +274,15 @@ def attack(
     from selfredteam.data import load_pool, sample_batch
     from selfredteam.eval.diversity import diversity_report, generate_attacks
     from selfredteam.eval.run import build_eval_policy
-    from selfredteam.policy import SamplingParams
+    from selfredteam.policy.base import sampling_params
 
     cfg = _config(preset, config, list(set_ or []) + ([f"data.seeds={seeds}"] if seeds else []))
     pool = load_pool(cfg.data)
     batch = sample_batch(pool, n, cfg.game.harmful_fraction, random.Random(cfg.run.seed))
     with console.status(f"Loading attacker {model}..."):
         policy = build_eval_policy(model, cfg)
-    g = cfg.generation
     with console.status(f"Generating {len(batch)} attacks..."):
-        attacks = generate_attacks(policy, batch, cfg.game.cot, SamplingParams(g.attacker_max_new_tokens, g.temperature, g.top_p))
+        attacks = generate_attacks(policy, batch, cfg.game.cot, sampling_params(cfg.generation, "attacker"))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     with open(out / "attacks.jsonl", "w", encoding="utf-8") as f:

@@ -8,7 +8,7 @@ return them (remote endpoints) leave them empty and can be used for play and eva
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from selfredteam.game.prompts import Turn
 
@@ -18,6 +18,11 @@ class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
+
+
+def sampling_params(gen_cfg: Any, role: str) -> SamplingParams:
+    """A role's sampling parameters from the config's `generation` section (one place)."""
+    return SamplingParams(getattr(gen_cfg, f"{role}_max_new_tokens"), gen_cfg.temperature, gen_cfg.top_p)
 
 
 @dataclass

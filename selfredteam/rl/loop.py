@@ -26,7 +26,13 @@ from selfredteam.data import Seed, load_pool, sample_batch
 from selfredteam.errors import EndpointError, UserError
 from selfredteam.game.play import GameRecord, play_games
 from selfredteam.judges.base import Judge
-from selfredteam.policy.base import Generation, MeteredPolicy, Policy, SamplingParams
+from selfredteam.policy.base import (
+    Generation,
+    MeteredPolicy,
+    Policy,
+    SamplingParams,
+    sampling_params,
+)
 from selfredteam.rl.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from selfredteam.rl.learner import Learner, Sample
 from selfredteam.rl.metrics import game_metrics
@@ -149,6 +155,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     sft_pairs = load_sft_pairs(t.sft_data) if t.sft_data and t.sft_coef > 0 else None
     revise = 0.0 if t.role_mode == "defender-only" else cfg.game.revise_fraction
     roles = TRAINED_ROLES[t.role_mode]
+    attacker_params, defender_params = sampling_params(g, "attacker"), sampling_params(g, "defender")
     last: dict[str, Any] = {}
     stop = StopFlag()
     with stop.installed(log):
@@ -165,8 +172,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
                 games = play_games(
                     seeds, attacker, judge, reward_mode=cfg.game.reward_mode, cot=cfg.game.cot,
                     revise_fraction=revise, rng=rng, defender=defender,
-                    attacker_params=SamplingParams(g.attacker_max_new_tokens, g.temperature, g.top_p),
-                    defender_params=SamplingParams(g.defender_max_new_tokens, g.temperature, g.top_p),
+                    attacker_params=attacker_params, defender_params=defender_params,
                 )
             except EndpointError as e:
                 # The judge (or a remote policy) stayed down after its retries. Nothing of this
