@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,11 +145,16 @@ class Learner:
             samples = [Sample("defender", [self.pad_id], [self.pad_id], 0.0)]
         model = self.policy.model
         model.eval()  # no dropout: log-probs must match those at sampling time
+        # Wall-clock split of the update (metrics `timing/learn_*_s`; benchmarks/learner_step.py).
+        t0 = time.perf_counter()
         ref_lp = self._score(samples, use_reference=True)
+        t_ref = time.perf_counter() - t0
         if all(s.old_logprobs is not None and len(s.old_logprobs) == len(s.response_ids) for s in samples):
             old_lp = [torch.tensor(s.old_logprobs) for s in samples]
         else:
             old_lp = self._score(samples, use_reference=False)
+        t_old = time.perf_counter() - t0 - t_ref
+        t_fwd_bwd = t_opt = 0.0
 
         # Advantages over the whole rollout batch (padded to a common length).
         R = max(len(s.response_ids) for s in samples)
@@ -184,6 +190,7 @@ class Learner:
                 n_micro = self._max(len(local))
                 self.optimizer.zero_grad(set_to_none=True)
                 batch_loss = 0.0
+                t1 = time.perf_counter()
                 for k in range(n_micro):
                     mb, weight = (local[k], 1.0) if k < len(local) else ([order[0]], 0.0)
                     batch = self._pack(samples, mb)
@@ -205,10 +212,13 @@ class Learner:
                         stats["loss/entropy"].append(float(masked_mean(ent, m)))
                 if b == 0 and sft:
                     stats.setdefault("loss/sft_nll", []).append(self.sft_backward(sft, cfg.sft_coef))
+                t2 = time.perf_counter()
+                t_fwd_bwd += t2 - t1
                 gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
                 stats["loss/grad_norm"].append(float(gn))
                 stats["loss/policy"].append(batch_loss)
                 self.optimizer.step()
+                t_opt += time.perf_counter() - t2
         self.scheduler.step()
         model.eval()
         out = {k: sum(v) / len(v) for k, v in stats.items() if v}
@@ -216,6 +226,8 @@ class Learner:
         out["kl/k3_mean"] = float(masked_mean(kl_penalty(old, ref, "k3"), mask))
         out["lr"] = self.scheduler.get_last_lr()[0]
         out["samples"] = len(samples)
+        out.update({"timing/learn_ref_logprob_s": t_ref, "timing/learn_old_logprob_s": t_old,
+                    "timing/learn_fwd_bwd_s": t_fwd_bwd, "timing/learn_optimizer_s": t_opt})
         if any(math.isnan(v) for v in out.values()):
             raise FloatingPointError(f"NaN in learner stats: {out}")
         return out

@@ -1,0 +1,34 @@
+"""Shared by the benchmark scripts: the same prompts for every engine, and a machine line.
+
+Every engine is fed the *same token ids* (defender turns for the shipped seeds, chat template
+applied by our tokenizer), so tokens/s compare like for like.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+
+TURNS_PER_GAME = 1.5
+"""A cpu-demo game has 1.5 generated turns on average: half the seeds are revised first."""
+
+
+def bench_prompt_ids(policy, n: int) -> list[list[int]]:
+    """`n` defender prompts (CoT on) as token ids, cycling through the embedded seed pool."""
+    from selfredteam.data import load_seeds
+    from selfredteam.game.prompts import defender_turn
+
+    seeds = load_seeds("embedded")
+    return [policy.encode(defender_turn(seeds[i % len(seeds)].prompt, cot=True)) for i in range(n)]
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+

@@ -1,0 +1,62 @@
+"""Where one `train --preset cpu-demo` RL step goes, and the run's peak RSS.
+
+Runs the real command in a child process (`--set train.steps=N`), then reads the `timing/*`
+keys of metrics.jsonl: generate / judge / reference log-probs / old log-probs / policy
+forward+backward / optimizer. Peak RSS is the child's maximum resident set (getrusage).
+
+    python benchmarks/learner_step.py --steps 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import cpu_name
+
+COLUMNS = [
+    ("timing/generate_s", "generate"),
+    ("timing/judge_s", "judge"),
+    ("timing/learn_ref_logprob_s", "ref log-probs"),
+    ("timing/learn_old_logprob_s", "old log-probs"),
+    ("timing/learn_fwd_bwd_s", "policy fwd+bwd"),
+    ("timing/learn_optimizer_s", "clip+AdamW"),
+    ("timing/learn_s", "learn (all)"),
+    ("timing/step_s", "step"),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "selfredteam", "train", "--preset", "cpu-demo", "--out", str(out),
+               "--set", f"train.steps={args.steps}", "--set", "train.save_every=1000"]
+        for s in args.set:
+            cmd += ["--set", s]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    print(f"`train --preset cpu-demo`, {args.steps} step(s) of 8 games; {cpu_name()}; "
+          f"wall {wall:.0f} s incl. loading, peak RSS {rss_gib:.2f} GiB\n")
+    print("| step | " + " | ".join(name for _, name in COLUMNS) + " | learner share |")
+    print("|---" * (len(COLUMNS) + 2) + "|")
+    for r in rows:
+        cells = " | ".join(f"{r.get(k, float('nan')):.1f} s" for k, _ in COLUMNS)
+        share = r["timing/learn_s"] / r["timing/step_s"]
+        print(f"| {r['step']} | {cells} | {share:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
