@@ -100,8 +100,8 @@ def play(
         records = play_games(
             batch, policy, judge,
             reward_mode=cfg.game.reward_mode, cot=cfg.game.cot, revise_fraction=cfg.game.revise_fraction,
-            attacker_params=sampling_params(cfg.generation, "attacker"),
-            defender_params=sampling_params(cfg.generation, "defender"),
+            attacker_params=sampling_params(cfg.generation, "attacker", cfg.game.cot),
+            defender_params=sampling_params(cfg.generation, "defender", cfg.game.cot),
             rng=rng,
         )
     wall = time.perf_counter() - t0
@@ -227,7 +227,7 @@ def eval_cmd(
     with console.status(f"Loading model {model}..."):
         policy = build_eval_policy(model, cfg)
     with console.status(f"Answering and judging {sum(map(len, sets.values()))} prompts..."):
-        summary = run_eval(policy, judge, sets, cfg.game.cot, sampling_params(cfg.generation, "defender"), out)
+        summary = run_eval(policy, judge, sets, cfg.game.cot, sampling_params(cfg.generation, "defender", cfg.game.cot), out)
     t = Table(title=f"Safety eval: {model} (judge {judge.judge_id}, CoT {'on' if cfg.game.cot else 'off'})")
     for col in ("benchmark", "subset", "n", "ASR (harmful)", "refusal", "compliance (benign)", "over-refusal", "parse err"):
         t.add_column(col)
@@ -282,7 +282,7 @@ def attack(
     with console.status(f"Loading attacker {model}..."):
         policy = build_eval_policy(model, cfg)
     with console.status(f"Generating {len(batch)} attacks..."):
-        attacks = generate_attacks(policy, batch, cfg.game.cot, sampling_params(cfg.generation, "attacker"))
+        attacks = generate_attacks(policy, batch, cfg.game.cot, sampling_params(cfg.generation, "attacker", cfg.game.cot))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     with open(out / "attacks.jsonl", "w", encoding="utf-8") as f:

@@ -54,6 +54,10 @@ class GenerationConfig:
     top_p: float = 1.0
     batch_size: int = 16
     """How many sequences the transformers backend generates at once."""
+    stop_at_answer: bool = True
+    """With CoT on, end each turn at its first `</answer>` (kept in the output). Text after it
+    can only break the format (a valid output ends there) and costs decode steps; measured on
+    the embedded model it was the commonest violation after truncation."""
 
 
 @dataclass
@@ -178,7 +182,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.name_or_path": "embedded",
         "model.dtype": "auto",
         "judge.kind": "embedded",
-        "generation.attacker_max_new_tokens": 64,
+        # A rewritten prompt needs more room than a short answer: at 64 tokens 1/8 attacker turns
+        # were well-formed, at 96 5/8 (turns stop at </answer>, so short ones cost nothing extra).
+        "generation.attacker_max_new_tokens": 96,
         "generation.defender_max_new_tokens": 64,
         "generation.batch_size": 16,
         # T=1 on a 0.5B model samples incoherent text that never closes its tags; the learner

@@ -19,6 +19,7 @@ COT_PRIMER = "Let's think step by step.\n<think>"
 
 _THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+ANSWER_CLOSE = _ANSWER_CLOSE
 _ANSWER_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
 
 

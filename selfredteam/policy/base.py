@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from selfredteam.game.cot import ANSWER_CLOSE
 from selfredteam.game.prompts import Turn
 
 
@@ -18,11 +19,14 @@ class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion; the stop string itself stays in the output."""
 
 
-def sampling_params(gen_cfg: Any, role: str) -> SamplingParams:
+def sampling_params(gen_cfg: Any, role: str, cot: bool) -> SamplingParams:
     """A role's sampling parameters from the config's `generation` section (one place)."""
-    return SamplingParams(getattr(gen_cfg, f"{role}_max_new_tokens"), gen_cfg.temperature, gen_cfg.top_p)
+    stop = (ANSWER_CLOSE,) if cot and gen_cfg.stop_at_answer else ()
+    return SamplingParams(getattr(gen_cfg, f"{role}_max_new_tokens"), gen_cfg.temperature, gen_cfg.top_p, stop)
 
 
 @dataclass

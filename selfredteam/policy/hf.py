@@ -101,6 +101,24 @@ def load_model_and_tokenizer(cfg: ModelConfig, device: torch.device, dtype: torc
     return model, tokenizer
 
 
+class StopOnText:
+    """Stop a row once its generated tail contains a stop string.
+
+    transformers' own `stop_strings` precomputes tables over the whole vocabulary on every
+    generate() call (~seconds for a 152k vocabulary); decoding the last few tokens of each row
+    per step costs microseconds.
+    """
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...], prompt_width: int) -> None:
+        self.tokenizer, self.stop, self.start = tokenizer, stop, prompt_width
+        self.window = max(len(s) for s in stop)  # a string of n chars spans at most n tokens
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.window):]
+        texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
+
+
 class TransformersPolicy:
     """Batched sampling with `model.generate`; returns text plus prompt/completion token ids."""
 
@@ -142,6 +160,21 @@ class TransformersPolicy:
         return [g for g in out if g is not None]
 
     @torch.inference_mode()
+    def _stop_index(self, ids: list[int], stop: tuple[str, ...]) -> int | None:
+        """Length of the shortest prefix of `ids` whose text contains a stop string (binary search:
+        once a prefix contains it, every longer one does)."""
+        def hit(n: int) -> bool:
+            text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+            return any(s in text for s in stop)
+
+        if not hit(len(ids)):
+            return None
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if hit(mid) else (mid + 1, hi)
+        return lo
+
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         pad = self.tokenizer.pad_token_id
         width = max(len(p) for p in prompts)
@@ -159,6 +192,7 @@ class TransformersPolicy:
             pad_token_id=pad,
             return_dict_in_generate=True,
             output_logits=True,
+            stopping_criteria=[StopOnText(self.tokenizer, params.stop, width)] if params.stop else None,
         )
         new_tokens = out.sequences[:, width:]
         # Raw logits of each step / temperature -> log-prob of the sampled token under the tempered
@@ -176,6 +210,12 @@ class TransformersPolicy:
                 if t in self.eos_ids:
                     finish = "stop"
                     break
+            if params.stop:
+                # A row that hit a stop string is padded afterwards (the pad may be an EOS id):
+                # cut right after the stop string so only sampled tokens are kept and scored.
+                cut = self._stop_index(ids, params.stop)
+                if cut is not None:
+                    ids, finish = ids[:cut], "stop"
             gens.append(Generation(
                 text=self.tokenizer.decode(ids, skip_special_tokens=True),
                 prompt_ids=list(prompt), completion_ids=ids, finish_reason=finish, logprobs=lps[: len(ids)],

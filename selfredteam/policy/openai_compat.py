@@ -33,6 +33,8 @@ class OpenAIChatPolicy:
             "temperature": params.temperature,
             "top_p": params.top_p,
         }
+        if params.stop:  # vLLM's extension keeps the stop string, which the CoT format check needs
+            payload.update(stop=list(params.stop), include_stop_str_in_output=True)
         if turn.prefix:
             messages.append({"role": "assistant", "content": turn.prefix})
             payload.update(continue_final_message=True, add_generation_prompt=False)

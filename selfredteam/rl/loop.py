@@ -155,7 +155,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     sft_pairs = load_sft_pairs(t.sft_data) if t.sft_data and t.sft_coef > 0 else None
     revise = 0.0 if t.role_mode == "defender-only" else cfg.game.revise_fraction
     roles = TRAINED_ROLES[t.role_mode]
-    attacker_params, defender_params = sampling_params(g, "attacker"), sampling_params(g, "defender")
+    attacker_params, defender_params = sampling_params(g, "attacker", cfg.game.cot), sampling_params(g, "defender", cfg.game.cot)
     last: dict[str, Any] = {}
     stop = StopFlag()
     with stop.installed(log):
