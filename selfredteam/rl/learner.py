@@ -27,7 +27,7 @@ from selfredteam.rl.advantages import (
     masked_mean,
     policy_loss,
 )
-from selfredteam.rl.logprobs import PackedBatch, pack, response_logprobs
+from selfredteam.rl.logprobs import PackedBatch, pack, response_logprobs, scatter_rows
 from selfredteam.rl.model import TrainablePolicy
 
 
@@ -104,12 +104,18 @@ class Learner:
         return pack([samples[i].prompt_ids for i in idx], [samples[i].response_ids for i in idx], self.pad_id)
 
     @torch.no_grad()
-    def _score(self, samples: list[Sample], use_reference: bool) -> list[torch.Tensor]:
-        """Log-probs of each sample's response under the reference (or current) policy."""
+    def _score(self, samples: list[Sample], use_reference: bool,
+               trunk: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
+        """Log-probs of each sample's response under the reference (or current) policy.
+
+        With `trunk` (a list as long as `samples`), also keep each sample's hidden states after
+        the frozen bottom layers, which the policy passes then start from."""
         out: list[torch.Tensor | None] = [None] * len(samples)
         for mb in self._micro_batches(list(range(len(samples))), samples):
             batch = self._pack(samples, mb)
-            with self.policy.role(samples[mb[0]].role):
+            captured: list[torch.Tensor] = []
+            capture = self.policy.capture_trunk(captured) if trunk is not None else contextlib.nullcontext()
+            with self.policy.role(samples[mb[0]].role), capture:
                 if use_reference:
                     with self.policy.reference() as ref:
                         lp, _ = response_logprobs(ref, batch, temperature=self.temperature)
@@ -117,7 +123,17 @@ class Learner:
                     lp, _ = response_logprobs(self.policy.model, batch, temperature=self.temperature)
             for row, i in enumerate(mb):
                 out[i] = lp[row, : len(samples[i].response_ids)].cpu()
+                if trunk is not None:
+                    trunk[i] = captured[0][row][batch.attention_mask[row].bool()]
         return [t for t in out if t is not None]
+
+    def _policy_logprobs(self, batch: PackedBatch, trunk_rows: list[torch.Tensor] | None):
+        """Policy log-probs and entropies with grad; from the cached trunk states when given."""
+        if trunk_rows is None:
+            return response_logprobs(self.train_model, batch, with_entropy=True, temperature=self.temperature)
+        with self.policy.top_layers_only():
+            return response_logprobs(self.train_model, batch, with_entropy=True, temperature=self.temperature,
+                                     inputs_embeds=scatter_rows(batch, trunk_rows))
 
     def sft_backward(self, sft: list[Sample], coef: float) -> float:
         """Auxiliary SFT: coef x mean NLL of helpful reference answers, accumulated into the
@@ -147,7 +163,11 @@ class Learner:
         model.eval()  # no dropout: log-probs must match those at sampling time
         # Wall-clock split of the update (metrics `timing/learn_*_s`; benchmarks/learner_step.py).
         t0 = time.perf_counter()
-        ref_lp = self._score(samples, use_reference=True)
+        # Shared frozen trunk (LoRA on the top layers only): the reference pass keeps the bottom
+        # layers' output and the policy passes start there; single process only (DDP wraps the
+        # full module).
+        trunk: list | None = [None] * len(samples) if self.policy.frozen_layers and self.world == 1 else None
+        ref_lp = self._score(samples, use_reference=True, trunk=trunk)
         t_ref = time.perf_counter() - t0
         if all(s.old_logprobs is not None and len(s.old_logprobs) == len(s.response_ids) for s in samples):
             old_lp = [torch.tensor(s.old_logprobs) for s in samples]
@@ -195,8 +215,7 @@ class Learner:
                     mb, weight = (local[k], 1.0) if k < len(local) else ([order[0]], 0.0)
                     batch = self._pack(samples, mb)
                     with self._sync_context(last=k == n_micro - 1), self.policy.role(samples[mb[0]].role):
-                        lp, ent = response_logprobs(self.train_model, batch, with_entropy=True,
-                                                    temperature=self.temperature)
+                        lp, ent = self._policy_logprobs(batch, [trunk[i] for i in mb] if trunk else None)
                         w = lp.shape[1]
                         m = batch.response_mask.to(lp.device)
                         loss, info = policy_loss(lp, old[mb, :w].to(lp.device), adv[mb, :w].to(lp.device), m,

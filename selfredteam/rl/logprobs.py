@@ -44,6 +44,16 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> P
     return PackedBatch(torch.tensor(ids), attention_mask, position_ids, torch.tensor(resp), torch.tensor(rmask))
 
 
+def scatter_rows(batch: PackedBatch, rows: list[torch.Tensor]) -> torch.Tensor:
+    """[B, T, H] from per-sample [n_real, H] states, placed on the batch's real (unmasked) tokens;
+    padding gets zeros (it is masked out of attention anyway)."""
+    mask = batch.attention_mask.bool()
+    out = rows[0].new_zeros(*mask.shape, rows[0].shape[-1])
+    for b, r in enumerate(rows):
+        out[b, mask[b]] = r
+    return out
+
+
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_rows: int = 4) -> torch.Tensor:
     """log_softmax(logits)[..., index] in float32, `chunk_rows` batch rows at a time."""
     out = []
@@ -64,14 +74,18 @@ def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = 4) -> torch.Tens
 
 
 def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: bool = False,
-                      chunk_rows: int = 4, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      chunk_rows: int = 4, temperature: float = 1.0,
+                      inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[B, R] log-probs of the response tokens (0 on padding), and optionally their entropies.
 
-    The policy is softmax(logits / temperature): the distribution the tokens were sampled from."""
+    The policy is softmax(logits / temperature): the distribution the tokens were sampled from.
+    `inputs_embeds` replaces the token ids (the learner passes cached frozen-trunk states)."""
     R = batch.response_ids.shape[1]
     device = next(model.parameters()).device
+    tokens = {"inputs_embeds": inputs_embeds.to(device)} if inputs_embeds is not None else \
+        {"input_ids": batch.input_ids.to(device)}
     out = model(
-        input_ids=batch.input_ids.to(device),
+        **tokens,
         attention_mask=batch.attention_mask.to(device),
         position_ids=batch.position_ids.to(device),
         logits_to_keep=R + 1,

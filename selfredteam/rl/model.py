@@ -27,18 +27,55 @@ from selfredteam.policy.hf import (
 )
 
 ROLES = ("attacker", "defender")
+TRUNK_SAFE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class TrainablePolicy:
     """Owns the model, knows how to select a role's parameters and how to get the reference."""
 
-    def __init__(self, model: Any, tokenizer: Any, sharing: str, reference: Any | None = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, sharing: str, reference: Any | None = None,
+                 frozen_layers: int = 0) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.sharing = sharing
         self._reference = reference  # only for full fine-tuning
         self.is_lora = reference is None
+        self.frozen_layers = frozen_layers if self._decoder() is not None else 0
+        """Bottom decoder layers without adapters (LoRA on the top `train.lora_layers` only): the
+        policy and the reference compute identical states there, so the learner runs them once."""
+
+    def _decoder(self) -> Any | None:
+        """The HF decoder stack holding `.layers`, for architectures whose forward feeds
+        `inputs_embeds` to the first layer unchanged (Gemma, for one, rescales them); else None."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if getattr(base.config, "model_type", None) not in TRUNK_SAFE_MODEL_TYPES:
+            return None
+        inner = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+        return inner if isinstance(getattr(inner, "layers", None), torch.nn.ModuleList) else None
+
+    @contextlib.contextmanager
+    def capture_trunk(self, store: list[torch.Tensor]) -> Iterator[None]:
+        """Append the output of the last frozen layer of every forward pass to `store`."""
+        def hook(module: Any, args: Any, output: Any) -> None:
+            store.append((output[0] if isinstance(output, tuple) else output).detach())
+
+        handle = self._decoder().layers[self.frozen_layers - 1].register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @contextlib.contextmanager
+    def top_layers_only(self) -> Iterator[None]:
+        """Run only the adapted top layers (the caller feeds the trunk's states as inputs_embeds)."""
+        decoder = self._decoder()
+        full = decoder.layers
+        decoder.layers = torch.nn.ModuleList(list(full)[self.frozen_layers:])
+        try:
+            yield
+        finally:
+            decoder.layers = full
 
     def adapter_for(self, role: str) -> str:
         return role if self.sharing == "role-adapters" else "default"
@@ -125,4 +162,4 @@ def build_trainable(cfg: Config, device: torch.device | None = None) -> Trainabl
     else:
         model = get_peft_model(model, lora)
     model.train()
-    return TrainablePolicy(model, tokenizer, t.parameter_sharing)
+    return TrainablePolicy(model, tokenizer, t.parameter_sharing, frozen_layers=n_layers - len(layers) if layers else 0)

@@ -35,15 +35,17 @@ def test_response_logprobs_match_unpadded_forward():
     assert (ent[batch.response_mask.bool()] > 0).all()
 
 
-def lora_policy(seed=0, sharing="shared"):
+def lora_policy(seed=0, sharing="shared", frozen_layers=0):
+    """LoRA on all layers, or on the top layer only with the bottom one frozen (`frozen_layers=1`)."""
     base = tiny_model(seed)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False,
+                     layers_to_transform=[1] if frozen_layers else None)
     if sharing == "role-adapters":
         model = get_peft_model(base, cfg, adapter_name="attacker")
         model.add_adapter("defender", cfg)
     else:
         model = get_peft_model(base, cfg)
-    return TrainablePolicy(model, TOKENIZER, sharing)
+    return TrainablePolicy(model, TOKENIZER, sharing, frozen_layers=frozen_layers)
 
 
 def test_lora_disabled_logprobs_equal_base_model():
@@ -64,8 +66,8 @@ def samples():
             for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
 
 
-def run_update(micro, sharing="shared", **kw):
-    policy = lora_policy(0, sharing)
+def run_update(micro, sharing="shared", frozen_layers=0, **kw):
+    policy = lora_policy(0, sharing, frozen_layers)
     cfg = TrainConfig(lr=1e-2, train_batch_size=4, micro_batch_size=micro, kl_coef=0.05, **kw)
     stats = Learner(policy, cfg).update(samples())
     return policy, stats
@@ -82,6 +84,22 @@ def test_gradient_accumulation_equals_one_big_batch(sharing):
     sa, sb = lora_state(a), lora_state(b)
     assert all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
     assert stats["loss/grad_norm"] > 0 and "kl/mean" in stats
+
+
+@pytest.mark.parametrize("sharing", ["shared", "role-adapters"])
+def test_shared_frozen_trunk_gives_the_same_update(sharing):
+    """LoRA on the top layer only: the policy passes start from the reference pass's cached
+    bottom-layer states instead of recomputing them; the update must not change."""
+    a, stats_a = run_update(2, sharing, frozen_layers=1, epochs_per_batch=2)
+    assert a.frozen_layers == 1
+    c = lora_policy(0, sharing, frozen_layers=1)
+    c.frozen_layers = 0  # same adapters, every pass through the whole stack
+    cfg = TrainConfig(lr=1e-2, train_batch_size=4, micro_batch_size=2, kl_coef=0.05, epochs_per_batch=2)
+    stats_c = Learner(c, cfg).update(samples())
+    sa, sc = lora_state(a), lora_state(c)
+    assert all(torch.allclose(sa[k], sc[k], atol=1e-6) for k in sa)
+    assert abs(stats_a["loss/policy"] - stats_c["loss/policy"]) < 1e-6
+    assert len(a.model.get_base_model().model.layers) == 2  # the full stack is restored
 
 
 def test_update_moves_adapters_not_reference():
