@@ -10,15 +10,14 @@ needs) is timed separately.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from importlib import resources
 
 import torch
 from _common import cpu_name
 
 from selfredteam.data import load_seeds
 from selfredteam.judges.embedded import EmbeddedJudge
+from selfredteam.judges.evaluate import refusal_dev_set
 
 
 def main() -> None:
@@ -26,8 +25,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=256)
     args = ap.parse_args()
     seeds = load_seeds("embedded")
-    dev = resources.files("selfredteam.assets").joinpath("refusal_dev.jsonl").read_text().splitlines()
-    responses = [json.loads(line)["response"] for line in dev if line.strip()]
+    responses = [response for _, response, _ in refusal_dev_set()]
     pairs = [(seeds[i % len(seeds)].prompt, responses[i % len(responses)]) for i in range(args.pairs)]
     judge = EmbeddedJudge.load()
     judge.judge(pairs[:8])  # warm-up

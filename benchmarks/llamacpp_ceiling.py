@@ -2,8 +2,8 @@
 
 The embedded HF weights *are* this Q4_K_M GGUF dequantised (selfredteam/policy/embedded.py), so
 both engines run the same model. Prompts are the same token ids as benchmarks/rollout.py;
-sequences are decoded together in one llama.cpp batch (one sequence id each, a shared KV
-cache), sampling T=1 with EOS ignored, exactly `--new-tokens` tokens each.
+sequences are decoded together in one llama.cpp batch (one sequence id and one KV stream
+each), sampling T=1 with EOS ignored, exactly `--new-tokens` tokens each.
 
 Needs llama-cpp-python, which has no wheel here; build it from its sdist (~25 min on 2 cores):
 
@@ -80,10 +80,10 @@ class BatchedLlama:
         self._fill(items)
         prefill = time.perf_counter() - t0
         pos = [len(p) for p in prompts]
-        for _ in range(new_tokens):
+        for step in range(new_tokens):
             nxt = [lc.llama_sampler_sample(self.sampler, self.ctx, i) for i in last_index]
-            if _ == new_tokens - 1:
-                break
+            if step == new_tokens - 1:
+                break  # the last sampled token needs no forward pass
             self._fill([(tok, pos[s], s, True) for s, tok in enumerate(nxt)])
             last_index = list(range(len(prompts)))
             pos = [x + 1 for x in pos]

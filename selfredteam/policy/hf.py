@@ -159,7 +159,6 @@ class TransformersPolicy:
                 out[i] = gen
         return [g for g in out if g is not None]
 
-    @torch.inference_mode()
     def _stop_index(self, ids: list[int], stop: tuple[str, ...]) -> int | None:
         """Length of the shortest prefix of `ids` whose text contains a stop string (binary search:
         once a prefix contains it, every longer one does)."""
@@ -175,6 +174,7 @@ class TransformersPolicy:
             lo, hi = (lo, mid) if hit(mid) else (mid + 1, hi)
         return lo
 
+    @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         pad = self.tokenizer.pad_token_id
         width = max(len(p) for p in prompts)
