@@ -1,6 +1,7 @@
-"""Rollout throughput of the `transformers` backend on the embedded model (fp32 and bf16).
+"""Rollout throughput of the `transformers` backend on the embedded model (fp16 weights, fp32, bf16).
 
-For each dtype and batch size: sample exactly `--new-tokens` tokens (EOS ignored, T=1) from
+For each weight format and batch size: sample exactly `--new-tokens` tokens (EOS ignored, T=1,
+with the backend's own inverse-CDF sampler) from
 defender prompts and report generated tokens/s (prefill included), the prefill alone, the mean
 cached decode step, and games/s (a cpu-demo game is 1.5 turns on average: half the seeds are
 revised by the attacker). `benchmarks/llamacpp_ceiling.py` runs the same prompts on llama.cpp.
@@ -17,7 +18,14 @@ import torch
 from _common import TURNS_PER_GAME, bench_prompt_ids, cpu_name
 
 from selfredteam.config import ModelConfig
-from selfredteam.policy.hf import TransformersPolicy, cpu_has_native_bf16
+from selfredteam.policy.hf import InverseCdfSampler, TransformersPolicy, cpu_has_native_bf16
+
+VARIANTS = {
+    # name: (model.dtype, model.cpu_fp16_weights)
+    "fp16-weights": ("float32", True),  # the CPU default: fp32 activations, packed fp16 weights
+    "float32": ("float32", False),
+    "bfloat16": ("bfloat16", False),
+}
 
 
 def left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,8 +42,9 @@ def measure(policy: TransformersPolicy, batch: int, new_tokens: int) -> dict[str
     policy.model(input_ids=ids, attention_mask=attn, use_cache=True)
     prefill = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = policy.model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=0,
-                                top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+    out = policy.model.generate(input_ids=ids, attention_mask=attn, do_sample=False, top_k=None, top_p=None,
+                                temperature=None, logits_processor=[InverseCdfSampler(1.0)],
+                                max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                 pad_token_id=policy.tokenizer.pad_token_id)
     total = time.perf_counter() - t0
     generated = (out.shape[1] - ids.shape[1]) * batch
@@ -48,7 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--bf16-max-batch", type=int, default=None,
                     help="skip bf16 above this batch (default: 8 on CPUs without native bf16, where "
                          "bf16 prefill alone takes minutes; no limit otherwise)")
@@ -57,16 +66,19 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"transformers backend, embedded model; {cpu_name()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; {args.new_tokens} new tokens, sampling T=1\n")
-    print("| dtype | batch | prompt tokens (mean) | tokens/s | games/s | prefill s | decode s/step |")
+    print("| weights | batch | prompt tokens (mean) | tokens/s | games/s | prefill s | decode s/step |")
     print("|---|---|---|---|---|---|---|")
-    for dtype in args.dtypes:
-        policy = TransformersPolicy.from_config(ModelConfig(dtype=dtype))
+    for name in args.variants:
+        dtype, fp16 = VARIANTS[name]
+        policy = TransformersPolicy.from_config(ModelConfig(dtype=dtype, cpu_fp16_weights=fp16))
+        if fp16:
+            measure(policy, 2, 2)  # packs the fp16 weights (once per process, ~8 s): not timed
         for b in args.batches:
             if dtype == "bfloat16" and b > bf16_max:
-                print(f"| {dtype} | {b} | - | skipped (no native bf16 on this CPU) | | | |")
+                print(f"| {name} | {b} | - | skipped (no native bf16 on this CPU) | | | |")
                 continue
             m = measure(policy, b, args.new_tokens)
-            print(f"| {dtype} | {b} | {m['prompt_tokens']:.0f} | {m['tok_s']:.1f} | {m['games_s']:.3f} | "
+            print(f"| {name} | {b} | {m['prompt_tokens']:.0f} | {m['tok_s']:.1f} | {m['games_s']:.3f} | "
                   f"{m['prefill_s']:.1f} | {m['decode_step_s']:.3f} |", flush=True)
         del policy
 

@@ -33,6 +33,9 @@ class ModelConfig:
     """`auto`: bf16 on CUDA; on CPU bf16 only with native bf16 instructions, else fp32 (faster there)."""
     device: str = "auto"
     trust_remote_code: bool = False
+    cpu_fp16_weights: bool = True
+    """On CPU, decode steps read the frozen weights as packed fp16 (fbgemm, fp32 accumulation):
+    1.8x faster sampling, logits within ~1e-4 of fp32. Off: exact fp32 everywhere."""
     gguf_file: str | None = None
     """GGUF file name inside an HF repo/dir, when `name_or_path` is a repo holding GGUF files."""
     base_url: str | None = None
@@ -182,10 +185,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.name_or_path": "embedded",
         "model.dtype": "auto",
         "judge.kind": "embedded",
-        # A rewritten prompt needs more room than a short answer: at 64 tokens 1/8 attacker turns
-        # were well-formed, at 96 5/8 (turns stop at </answer>, so short ones cost nothing extra).
-        "generation.attacker_max_new_tokens": 96,
-        "generation.defender_max_new_tokens": 64,
+        # Both roles get the same cap, so the attacker turns and the vanilla defender turns of a
+        # step are sampled in one batch of 8 (two batches of 4 took ~5 s more per step).
+        "generation.attacker_max_new_tokens": 80,
+        "generation.defender_max_new_tokens": 80,
         "generation.batch_size": 16,
         # T=1 on a 0.5B model samples incoherent text that never closes its tags; the learner
         # optimises the tempered policy softmax(logits / T), so this stays on-policy.
@@ -194,8 +197,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.rollout_batch_size": 8,
         "train.train_batch_size": 12,
         "train.micro_batch_size": 4,
-        "train.lr": 2e-4,
-        "train.lora_layers": 8,
+        "train.lr": 5e-4,
+        "train.lora_layers": 4,
         "train.save_every": 5,
     },
     # One modern GPU: a 1-3B instruct model, WildGuard in-process or served by vLLM.

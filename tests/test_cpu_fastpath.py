@@ -1,10 +1,17 @@
-"""The small-batch linear fast path computes the same numbers and only runs where it should."""
+"""The CPU fast paths: `W @ x^T` computes the same numbers, fp16 weights nearly the same, and
+each only runs where it should."""
 
 import copy
 
+import pytest
 import torch
 
-from selfredteam.policy.cpu_fastpath import SmallBatchLinear, use_small_batch_linears
+from selfredteam.policy.cpu_fastpath import (
+    SmallBatchLinear,
+    fp16_gemm_available,
+    use_small_batch_linears,
+    uses_fp16_weights,
+)
 from tests.rl.tiny import tiny_model
 
 
@@ -35,3 +42,57 @@ def test_decode_logits_unchanged_on_a_real_transformer():
                           return_dict_in_generate=True, pad_token_id=0)
     assert torch.equal(a.sequences, b.sequences)
     torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=1e-5, rtol=1e-5)
+
+
+needs_fbgemm = pytest.mark.skipif(not fp16_gemm_available(), reason="fbgemm fp16 GEMM is x86-only")
+
+
+@needs_fbgemm
+def test_fp16_weights_close_to_fp32_and_only_for_frozen_inference():
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(48, 80)
+    fast = copy.deepcopy(ref).requires_grad_(False)
+    use_small_batch_linears(fast, fp16_weights=True)
+    x = torch.randn(8, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), atol=2e-3, rtol=2e-3)
+        assert not torch.equal(fast(x), ref(x))  # the fp16 path did run
+        assert fast._fp16 is not None
+        prefill = torch.randn(40, 48)  # more than 32 rows: the stock fp32 kernel
+        torch.testing.assert_close(fast(prefill), ref(prefill), atol=1e-5, rtol=1e-5)
+    trainable = copy.deepcopy(ref)
+    use_small_batch_linears(trainable, fp16_weights=True)
+    with torch.no_grad():  # a weight that requires grad is never packed: exact fp32
+        torch.testing.assert_close(trainable(x), ref(x), atol=1e-5, rtol=1e-5)
+    assert trainable._fp16 is None
+
+
+@needs_fbgemm
+def test_fp16_pack_follows_weight_changes_and_is_not_copied():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 24).requires_grad_(False)
+    use_small_batch_linears(lin, fp16_weights=True)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        lin(x)
+        lin.weight.add_(1.0)  # in place through the parameter: version counter moves
+        torch.testing.assert_close(lin(x), x @ lin.weight.T + lin.bias, atol=5e-3, rtol=2e-3)
+        lin.weight.data = torch.randn(24, 16)  # a new tensor
+        torch.testing.assert_close(lin(x), x @ lin.weight.T + lin.bias, atol=5e-3, rtol=2e-3)
+    twin = copy.deepcopy(lin)
+    assert twin._fp16 is None and lin._fp16 is not None
+
+
+@needs_fbgemm
+def test_fp16_decode_close_on_a_real_transformer():
+    model = tiny_model().requires_grad_(False)
+    fast = copy.deepcopy(model)
+    use_small_batch_linears(fast, fp16_weights=True)
+    assert uses_fp16_weights(fast) and not uses_fp16_weights(model)
+    ids = torch.randint(2, 64, (6, 9))
+    with torch.inference_mode():
+        a = model.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True,
+                           return_dict_in_generate=True, pad_token_id=0)
+        b = fast.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True,
+                          return_dict_in_generate=True, pad_token_id=0)
+    torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=2e-3, rtol=2e-3)

@@ -113,10 +113,11 @@ class WildGuardLocal:
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, use_safetensors=True).to(device).eval()
+        model.requires_grad_(False)
         if device == "cpu":
             from selfredteam.policy.cpu_fastpath import use_small_batch_linears
 
-            use_small_batch_linears(model)
+            use_small_batch_linears(model, fp16_weights=True)
         return cls(model, tok, cfg.model, cfg.batch_size)
 
     def judge(self, pairs: list[tuple[str, str | None]]) -> list[Judgement]:

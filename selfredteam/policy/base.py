@@ -42,6 +42,10 @@ class Generation:
     """log pi(token) of each completion token under the sampling model with its logits divided by
     the sampling temperature (the learner's "old" log-probs, saving it a forward pass); None when
     the backend cannot say. top-p truncation is not reflected: keep top_p=1 for exact on-policy RL."""
+    trunk_states: Any = None
+    """[len(prompt_ids) + len(completion_ids), H] hidden states after the layer the sampler was
+    asked to capture (the learner's frozen trunk), so the learner need not recompute them; the
+    last row is zeros (the final token is never fed back). None unless asked for."""
 
 
 @runtime_checkable

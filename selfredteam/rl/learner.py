@@ -42,6 +42,8 @@ class Sample:
     group: int = 0
     """Games of the same seed share a group (GRPO/RLOO baselines)."""
     old_logprobs: list[float] | None = None
+    trunk: Any = None
+    """Hidden states after the frozen trunk captured while sampling ([prompt + response, H]), if any."""
 
 
 def warmup_lambda(warmup_steps: int):
@@ -108,22 +110,23 @@ class Learner:
                trunk: list[torch.Tensor | None] | None = None) -> list[torch.Tensor]:
         """Log-probs of each sample's response under the reference (or current) policy.
 
-        With `trunk` (a list as long as `samples`), also keep each sample's hidden states after
-        the frozen bottom layers, which the policy passes then start from."""
+        With `trunk` (a list as long as `samples`): when every entry already holds the sample's
+        frozen-trunk states (captured while sampling), only the top layers run, from them; else
+        the full pass runs and fills the list for the policy passes."""
         out: list[torch.Tensor | None] = [None] * len(samples)
+        reuse = trunk is not None and all(t is not None for t in trunk)
         for mb in self._micro_batches(list(range(len(samples))), samples):
             batch = self._pack(samples, mb)
             captured: list[torch.Tensor] = []
-            capture = self.policy.capture_trunk(captured) if trunk is not None else contextlib.nullcontext()
-            with self.policy.role(samples[mb[0]].role), capture:
-                if use_reference:
-                    with self.policy.reference() as ref:
-                        lp, _ = response_logprobs(ref, batch, temperature=self.temperature)
-                else:
-                    lp, _ = response_logprobs(self.policy.model, batch, temperature=self.temperature)
+            capture = self.policy.capture_trunk(captured) if trunk is not None and not reuse else contextlib.nullcontext()
+            top = self.policy.top_layers_only() if reuse else contextlib.nullcontext()
+            embeds = scatter_rows(batch, [trunk[i] for i in mb]) if reuse else None
+            scorer = self.policy.reference() if use_reference else contextlib.nullcontext(self.policy.model)
+            with self.policy.role(samples[mb[0]].role), capture, top, scorer as model:
+                lp, _ = response_logprobs(model, batch, temperature=self.temperature, inputs_embeds=embeds)
             for row, i in enumerate(mb):
                 out[i] = lp[row, : len(samples[i].response_ids)].cpu()
-                if trunk is not None:
+                if trunk is not None and not reuse:
                     trunk[i] = captured[0][row][batch.attention_mask[row].bool()]
         return [t for t in out if t is not None]
 
@@ -166,7 +169,14 @@ class Learner:
         # Shared frozen trunk (LoRA on the top layers only): the reference pass keeps the bottom
         # layers' output and the policy passes start there; single process only (DDP wraps the
         # full module).
-        trunk: list | None = [None] * len(samples) if self.policy.frozen_layers and self.world == 1 else None
+        trunk: list | None = None
+        if self.policy.frozen_layers and self.world == 1:
+            # States captured while sampling (clone: they were made in inference mode) or, if
+            # any is missing, filled in by the reference pass.
+            given = [s.trunk for s in samples]
+            ok = all(t is not None and t.shape[0] == len(s.prompt_ids) + len(s.response_ids)
+                     for t, s in zip(given, samples))
+            trunk = [t.clone() for t in given] if ok else [None] * len(samples)
         ref_lp = self._score(samples, use_reference=True, trunk=trunk)
         t_ref = time.perf_counter() - t0
         if all(s.old_logprobs is not None and len(s.old_logprobs) == len(s.response_ids) for s in samples):

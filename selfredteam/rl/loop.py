@@ -44,17 +44,20 @@ TRAINED_ROLES = {"selfplay": ("attacker", "defender"), "attacker-only": ("attack
 
 
 class RoleView:
-    """The current policy as a sampler for one role: adapter merged while it generates."""
+    """The current policy as a sampler for one role (TrainablePolicy.sampling sets it up)."""
 
-    def __init__(self, trainable: TrainablePolicy, sampler: Any, role: str, reference: bool = False) -> None:
+    def __init__(self, trainable: TrainablePolicy, sampler: Any, role: str, reference: bool = False,
+                 capture_trunk: bool = False) -> None:
         self.trainable, self.sampler, self.role, self.reference = trainable, sampler, role, reference
         self.name = f"{sampler.name}:{role}{':reference' if reference else ''}"
+        self.trunk_layer = trainable.trunk_layer() if capture_trunk and not reference else None
+        """Keep the frozen trunk's states of each turn: the learner then runs only the top layers."""
 
     def generate(self, turns: list, params: SamplingParams) -> list[Generation]:
         if self.reference:
             with self.trainable.reference():
                 return self.sampler.generate(turns, params)
-        with self.trainable.merged(self.role):
+        with self.trainable.sampling(self.role), self.sampler.capturing(self.trunk_layer):
             return self.sampler.generate(turns, params)
 
 
@@ -91,7 +94,8 @@ def samples_from_games(games: list[GameRecord], roles: tuple[str, ...], groups: 
             if turn is None or reward is None or turn.generation is None or not turn.generation.completion_ids:
                 continue
             gen = turn.generation
-            out.append(Sample(role, gen.prompt_ids, gen.completion_ids, reward, group, gen.logprobs))
+            out.append(Sample(role, gen.prompt_ids, gen.completion_ids, reward, group, gen.logprobs,
+                              gen.trunk_states))
     return out
 
 
@@ -133,8 +137,12 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     trainable = build_trainable(cfg, device=accelerator.device if accelerator else None)
     learner = Learner(trainable, t, accelerator, temperature=g.temperature)
     sampler = TransformersPolicy(trainable.model, trainable.tokenizer, cfg.model.name_or_path, g.batch_size)
-    attacker: Policy = RoleView(trainable, sampler, "attacker")
-    defender: Policy = attacker if trainable.sharing == "shared" else RoleView(trainable, sampler, "defender")
+    # The learner reuses the trunk states captured while sampling (single process: under DDP it
+    # runs every layer).
+    capture = trainable.frozen_layers > 0 and accelerator is None
+    attacker: Policy = RoleView(trainable, sampler, "attacker", capture_trunk=capture)
+    defender: Policy = attacker if trainable.sharing == "shared" else RoleView(
+        trainable, sampler, "defender", capture_trunk=capture)
     if t.role_mode == "attacker-only":
         defender = _frozen_defender(cfg, trainable, sampler)
     attacker, defender = MeteredPolicy(attacker), (MeteredPolicy(defender) if defender is not attacker else None)

@@ -19,6 +19,7 @@ import torch
 
 from selfredteam.config import Config
 from selfredteam.errors import ConfigError
+from selfredteam.policy.cpu_fastpath import uses_fp16_weights
 from selfredteam.policy.hf import (
     load_model_and_tokenizer,
     resolve_device,
@@ -54,13 +55,17 @@ class TrainablePolicy:
         inner = getattr(base, getattr(base, "base_model_prefix", "model"), None)
         return inner if isinstance(getattr(inner, "layers", None), torch.nn.ModuleList) else None
 
+    def trunk_layer(self) -> torch.nn.Module | None:
+        """The last frozen decoder layer (its output is the trunk's), or None without a trunk."""
+        return self._decoder().layers[self.frozen_layers - 1] if self.frozen_layers else None
+
     @contextlib.contextmanager
     def capture_trunk(self, store: list[torch.Tensor]) -> Iterator[None]:
         """Append the output of the last frozen layer of every forward pass to `store`."""
         def hook(module: Any, args: Any, output: Any) -> None:
             store.append((output[0] if isinstance(output, tuple) else output).detach())
 
-        handle = self._decoder().layers[self.frozen_layers - 1].register_forward_hook(hook)
+        handle = self.trunk_layer().register_forward_hook(hook)
         try:
             yield
         finally:
@@ -101,13 +106,29 @@ class TrainablePolicy:
             yield self._reference
 
     @contextlib.contextmanager
+    def sampling(self, role: str = "defender") -> Iterator[Any]:
+        """The role's current policy, set up for fast sampling.
+
+        With fp16-packed frozen weights (CPU, policy/cpu_fastpath.py) the adapter stays live: the
+        packs of the frozen base stay valid and the LoRA matmuls are tiny. Otherwise the adapter
+        is merged into the base while sampling (a live adapter on a bf16 base sampled at about
+        half the adapter-free speed in our CPU measurements).
+        """
+        if self.is_lora and uses_fp16_weights(self.model):
+            with self.role(role):
+                yield self.model
+        else:
+            with self.merged(role) as model:
+                yield model
+
+    @contextlib.contextmanager
     def merged(self, role: str = "defender") -> Iterator[Any]:
-        """Merge the role's adapter into the weights while sampling (a live LoRA adapter sampled
-        at about half the adapter-free speed in our CPU measurements).
+        """The role's adapter merged into the base weights.
 
         Unmerging subtracts the delta again, which is not bit-exact: over many steps the base
         weights, and so the reference policy, would drift. We keep the exact base weights and
-        copy them back instead.
+        copy them back instead. `safe_merge` writes the merged weights to new tensors, so any
+        packed copy of the base (cpu_fastpath) sees the change and is rebuilt.
         """
         with self.role(role):
             if not self.is_lora:
@@ -117,7 +138,7 @@ class TrainablePolicy:
 
             layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
             originals = [m.get_base_layer().weight.detach().clone() for m in layers]
-            self.model.merge_adapter()
+            self.model.merge_adapter(safe_merge=True)
             try:
                 yield self.model
             finally:

@@ -144,3 +144,58 @@ def test_merged_sampling_restores_base_weights_bit_exactly():
                 merged, _ = response_logprobs(policy.model, batch)
     assert torch.allclose(live, merged, atol=1e-5)  # merged weights = the same policy
     assert all(torch.equal(p, before[n]) for n, p in policy.model.named_parameters())
+
+
+@pytest.mark.parametrize("sharing", ["shared", "role-adapters"])
+def test_trunk_states_captured_while_sampling_give_the_same_update(sharing):
+    """The sampler keeps the frozen trunk's states of each turn; the learner then runs only the
+    top layers, also for the reference pass, and must make the same update as from scratch."""
+    from types import SimpleNamespace
+
+    from selfredteam.policy.base import SamplingParams
+    from selfredteam.policy.hf import TransformersPolicy
+
+    a, c = lora_policy(0, sharing, frozen_layers=1), lora_policy(0, sharing, frozen_layers=1)
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=1, decode=lambda ids, **kw: " ".join(map(str, ids)))
+    sampler = TransformersPolicy(a.model, tok, "tiny")
+    torch.manual_seed(0)
+    gens = []
+    for role, prompts in (("attacker", PROMPTS[:2]), ("defender", PROMPTS[2:])):
+        with a.sampling(role), sampler.capturing(a.trunk_layer()):
+            gens += sampler._generate_batch(prompts, SamplingParams(max_new_tokens=5, temperature=1.0))
+    roles = ["attacker", "attacker", "defender", "defender"]
+    with_trunk = [Sample(r, g.prompt_ids, g.completion_ids, float(i) - 1.5, trunk=g.trunk_states)
+                  for i, (r, g) in enumerate(zip(roles, gens))]
+    assert all(s.trunk.shape == (len(s.prompt_ids) + len(s.response_ids), 32) for s in with_trunk)
+    without = [copy.copy(s) for s in with_trunk]
+    for s in without:
+        s.trunk = None
+    cfg = TrainConfig(lr=1e-2, train_batch_size=4, micro_batch_size=2, kl_coef=0.05, epochs_per_batch=2)
+    stats_a, stats_c = Learner(a, cfg).update(with_trunk), Learner(c, cfg).update(without)
+    sa, sc = lora_state(a), lora_state(c)
+    assert all(torch.allclose(sa[k], sc[k], atol=1e-6) for k in sa)
+    assert abs(stats_a["loss/policy"] - stats_c["loss/policy"]) < 1e-6
+    assert abs(stats_a["kl/mean"] - stats_c["kl/mean"]) < 1e-6
+
+
+def test_sampling_keeps_the_adapter_live_over_fp16_packed_weights():
+    """With packed fp16 frozen weights (CPU), sampling does not merge the adapter (that would force
+    re-packing); either way the sampled policy is the current one."""
+    from selfredteam.policy.cpu_fastpath import fp16_gemm_available, use_small_batch_linears
+
+    if not fp16_gemm_available():
+        pytest.skip("fbgemm fp16 GEMM is x86-only")
+    policy = lora_policy(0)
+    use_small_batch_linears(policy.model, fp16_weights=True)
+    ids = torch.tensor([PROMPTS[0] + RESPONSES[0]] * 4)  # 4 rows x 7 tokens: the small-row path
+    with torch.no_grad():
+        exact = lora_policy(0).model(ids).logits  # the same policy in plain fp32
+        with policy.sampling("defender") as model:
+            assert not any(getattr(m, "merged", False) for m in model.modules())
+            live = model(ids).logits
+        with policy.merged("defender") as model:
+            merged = model(ids).logits  # merged weights are new tensors: re-packed, not stale
+    torch.testing.assert_close(live, exact, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(merged, exact, atol=2e-3, rtol=2e-3)
+    with policy.reference() as ref, torch.no_grad():
+        assert not torch.allclose(ref(ids).logits, live, atol=1e-3)  # the adapter was applied
