@@ -35,7 +35,8 @@ class ModelConfig:
     trust_remote_code: bool = False
     cpu_fp16_weights: bool = True
     """On CPU, decode steps read the frozen weights as packed fp16 (fbgemm, fp32 accumulation):
-    1.8x faster sampling, logits within ~1e-4 of fp32. Off: exact fp32 everywhere."""
+    1.4-1.8x the fp32 tokens/s at batch 8 (BENCHMARKS.md), logits within ~1e-4 of fp32. Off:
+    exact fp32 everywhere."""
     gguf_file: str | None = None
     """GGUF file name inside an HF repo/dir, when `name_or_path` is a repo holding GGUF files."""
     base_url: str | None = None

@@ -30,16 +30,18 @@ def test_small_batch_linear_equals_linear_and_keeps_autograd():
     assert x.grad is not None and fast.weight.grad is not None
 
 
+def greedy(model, ids):
+    with torch.inference_mode():
+        return model.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True,
+                              return_dict_in_generate=True, pad_token_id=0)
+
+
 def test_decode_logits_unchanged_on_a_real_transformer():
     model = tiny_model()
     fast = copy.deepcopy(model)
     assert use_small_batch_linears(fast) == 15  # 2 layers x 7 projections + the LM head
     ids = torch.randint(2, 64, (6, 9))
-    with torch.inference_mode():
-        a = model.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True,
-                           return_dict_in_generate=True, pad_token_id=0)
-        b = fast.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True,
-                          return_dict_in_generate=True, pad_token_id=0)
+    a, b = greedy(model, ids), greedy(fast, ids)
     assert torch.equal(a.sequences, b.sequences)
     torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=1e-5, rtol=1e-5)
 
@@ -90,9 +92,5 @@ def test_fp16_decode_close_on_a_real_transformer():
     use_small_batch_linears(fast, fp16_weights=True)
     assert uses_fp16_weights(fast) and not uses_fp16_weights(model)
     ids = torch.randint(2, 64, (6, 9))
-    with torch.inference_mode():
-        a = model.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True,
-                           return_dict_in_generate=True, pad_token_id=0)
-        b = fast.generate(ids, max_new_tokens=5, do_sample=False, output_logits=True,
-                          return_dict_in_generate=True, pad_token_id=0)
+    a, b = greedy(model, ids), greedy(fast, ids)
     torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=2e-3, rtol=2e-3)
