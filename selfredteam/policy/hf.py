@@ -103,6 +103,19 @@ def load_model_and_tokenizer(cfg: ModelConfig, device: torch.device, dtype: torc
     return model, tokenizer
 
 
+@contextlib.contextmanager
+def record_outputs(layer: torch.nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
+    """Append `layer`'s output hidden states of every forward pass to `store` (detached)."""
+    def hook(module: Any, args: Any, output: Any) -> None:
+        store.append((output[0] if isinstance(output, tuple) else output).detach())
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class StopOnText:
     """Stop a row once its generated tail contains a stop string.
 
@@ -221,11 +234,10 @@ class TransformersPolicy:
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         sample = params.temperature > 0
         states: list[torch.Tensor] = []
-        hook = None if self.capture_layer is None else self.capture_layer.register_forward_hook(
-            lambda module, args, output: states.append(output[0] if isinstance(output, tuple) else output))
-        try:
-            # Greedy decoding over our sampler's one-hot logits (or plain greedy at T=0); every other
-            # logits processor a checkpoint's generation_config might switch on is neutralised.
+        capture = contextlib.nullcontext() if self.capture_layer is None else record_outputs(self.capture_layer, states)
+        # Greedy decoding over our sampler's one-hot logits (or plain greedy at T=0); every other
+        # logits processor a checkpoint's generation_config might switch on is neutralised.
+        with capture:
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
@@ -239,9 +251,6 @@ class TransformersPolicy:
                 output_logits=True,
                 stopping_criteria=[StopOnText(self.tokenizer, params.stop, width)] if params.stop else None,
             )
-        finally:
-            if hook is not None:
-                hook.remove()
         # Captured states: the prefill's [B, width, H], then one position per decode step.
         trunk = torch.cat(states, dim=1) if states else None
         new_tokens = out.sequences[:, width:]

@@ -73,16 +73,18 @@ def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = 4) -> torch.Tens
     return torch.cat(out)
 
 
-_PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
-"""Causal LMs whose logits are exactly `lm_head(final hidden state)` (no softcapping or scaling,
-unlike e.g. Gemma 2), so the learner may call the decoder and the head separately."""
+PLAIN_LAYOUT_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+"""Causal LMs of the plain layout: the decoder feeds `inputs_embeds` to its first layer unchanged
+(Gemma, for one, rescales them) and the logits are exactly `lm_head(final hidden state)` (no
+softcapping, unlike Gemma 2). Only these may be run in pieces: the decoder and the head apart
+(here), or the top layers alone from cached states (rl/model.py)."""
 
 
-def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    """(decoder stack, LM head) of a plain or peft-wrapped HF causal LM of a known layout; None
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder stack, LM head) of a plain or peft-wrapped HF causal LM of the plain layout; None
     otherwise, and for wrappers that must be called whole (DDP)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(getattr(base, "config", None), "model_type", None) not in _PLAIN_HEAD_MODEL_TYPES:
+    if getattr(getattr(base, "config", None), "model_type", None) not in PLAIN_LAYOUT_MODEL_TYPES:
         return None
     decoder = getattr(base, getattr(base, "base_model_prefix", ""), None)
     head = base.get_output_embeddings()
@@ -109,7 +111,7 @@ def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: 
     mask = batch.response_mask.to(device)
     inputs = dict(attention_mask=batch.attention_mask.to(device), position_ids=batch.position_ids.to(device),
                   use_cache=False)
-    parts = _decoder_and_head(model)
+    parts = decoder_and_head(model)
     if parts is None:
         # Column j of the kept logits predicts the token after it: the first R columns predict
         # the R response tokens.

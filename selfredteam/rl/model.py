@@ -22,13 +22,14 @@ from selfredteam.errors import ConfigError
 from selfredteam.policy.cpu_fastpath import uses_fp16_weights
 from selfredteam.policy.hf import (
     load_model_and_tokenizer,
+    record_outputs,
     resolve_device,
     resolve_dtype,
     set_threads,
 )
+from selfredteam.rl.logprobs import decoder_and_head
 
 ROLES = ("attacker", "defender")
-TRUNK_SAFE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -47,29 +48,19 @@ class TrainablePolicy:
         policy and the reference compute identical states there, so the learner runs them once."""
 
     def _decoder(self) -> Any | None:
-        """The HF decoder stack holding `.layers`, for architectures whose forward feeds
-        `inputs_embeds` to the first layer unchanged (Gemma, for one, rescales them); else None."""
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        if getattr(base.config, "model_type", None) not in TRUNK_SAFE_MODEL_TYPES:
-            return None
-        inner = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+        """The HF decoder stack holding `.layers`, for the plain layouts whose top layers may run
+        alone from cached states (rl/logprobs.PLAIN_LAYOUT_MODEL_TYPES); else None."""
+        parts = decoder_and_head(self.model)
+        inner = parts[0] if parts else None
         return inner if isinstance(getattr(inner, "layers", None), torch.nn.ModuleList) else None
 
     def trunk_layer(self) -> torch.nn.Module | None:
         """The last frozen decoder layer (its output is the trunk's), or None without a trunk."""
         return self._decoder().layers[self.frozen_layers - 1] if self.frozen_layers else None
 
-    @contextlib.contextmanager
-    def capture_trunk(self, store: list[torch.Tensor]) -> Iterator[None]:
+    def capture_trunk(self, store: list[torch.Tensor]) -> contextlib.AbstractContextManager:
         """Append the output of the last frozen layer of every forward pass to `store`."""
-        def hook(module: Any, args: Any, output: Any) -> None:
-            store.append((output[0] if isinstance(output, tuple) else output).detach())
-
-        handle = self.trunk_layer().register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+        return record_outputs(self.trunk_layer(), store)
 
     @contextlib.contextmanager
     def top_layers_only(self) -> Iterator[None]:
