@@ -2,7 +2,7 @@
 
 Runs the real command in a child process (`--set train.steps=N`), then reads the `timing/*`
 keys of metrics.jsonl: generate / judge / reference log-probs / old log-probs / policy
-forward+backward / optimizer. Peak RSS is the child's maximum resident set (getrusage).
+forward+backward / auxiliary SFT forward+backward / optimizer. Peak RSS is the child's maximum resident set (getrusage).
 
     python benchmarks/learner_step.py --steps 1
 """
@@ -26,6 +26,7 @@ COLUMNS = [
     ("timing/learn_ref_logprob_s", "ref log-probs"),
     ("timing/learn_old_logprob_s", "old log-probs"),
     ("timing/learn_fwd_bwd_s", "policy fwd+bwd"),
+    ("timing/learn_sft_s", "aux SFT"),
     ("timing/learn_optimizer_s", "clip+AdamW"),
     ("timing/learn_s", "learn (all)"),
     ("timing/step_s", "step"),

@@ -173,6 +173,52 @@ def train(
         _print_kv("Last step", last)
 
 
+@app.command("self-distill")
+@friendly_errors
+def self_distill_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write (prompt, response, thought).")],
+    preset: PresetOpt = "cpu-demo",
+    seeds: Annotated[int, typer.Option("--seeds", "-n", help="Vanilla seeds to answer (half harmful).")] = 96,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Write an auxiliary SFT set from the model's own judge-approved direct replies (for train.sft_data).
+
+    The policy answers vanilla seeds without CoT; replies the judge scores as the right defence
+    (harmful refused, benign answered unharmfully) are kept, balanced, and post-filled with a
+    short thought so they train the CoT format. See README "Warm-starting refusals".
+    """
+    from selfredteam.data import load_pool, sample_batch
+    from selfredteam.fsutil import write_text_atomic
+    from selfredteam.judges import build_judge
+    from selfredteam.policy import build_policy
+    from selfredteam.policy.base import sampling_params
+    from selfredteam.rl.sft import self_distill
+
+    cfg = _config(preset, config, list(set_ or []))
+    if seeds < 2:
+        raise UserError("--seeds must be at least 2.")
+    pool = load_pool(cfg.data)
+    if out.exists() and out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a .jsonl file path.")
+    with console.status("Loading judge..."):
+        judge = build_judge(cfg.judge)
+    with console.status(f"Loading policy {cfg.model.name_or_path}..."):
+        policy = build_policy(cfg)
+    rng = random.Random(cfg.run.seed)
+    batch = sample_batch(pool, seeds, cfg.game.harmful_fraction, rng)
+    with console.status(f"Answering {len(batch)} seeds..."):
+        rows = self_distill(batch, policy, judge, sampling_params(cfg.generation, "defender", False), rng)
+    if not rows:
+        raise UserError(f"No reply of {len(batch)} was both a judged refusal of a harmful seed and one "
+                        "judged answer of a benign one; try more --seeds.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    console.print(f"Kept {len(rows)} of {len(batch)} replies ({len(rows) // 2} refusals, "
+                  f"{len(rows) // 2} answers) in {out}.")
+
+
 @app.command()
 @friendly_errors
 def export(

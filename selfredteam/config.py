@@ -149,8 +149,12 @@ class TrainConfig:
     samples_per_prompt: int = 1
     """Games per seed in a step; GRPO/RLOO need >= 2 (their baseline is the group of a seed)."""
     sft_data: str | None = None
-    """Optional auxiliary SFT chat data (file with `prompt`/`response` fields, or HF name)."""
+    """Optional auxiliary SFT chat data: a file with `prompt`/`response` (and optional `thought`)
+    fields, an HF dataset name, or `embedded` (the embedded model's self-distilled refusals and
+    answers, written by `selfredteam self-distill`)."""
     sft_coef: float = 0.0
+    sft_batch_size: int = 0
+    """SFT pairs per step (0 = micro_batch_size)."""
     max_prompt_length: int = 512
     save_every: int = 10
     games_log_every: int = 1
@@ -201,6 +205,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.lr": 5e-4,
         "train.lora_layers": 4,
         "train.save_every": 5,
+        # The embedded model refuses 7 of 16 harmful seeds when it answers directly but 0-2 once
+        # it must think first, so CoT self-play alone found almost no refusals to reinforce (two
+        # 20-step runs: correct refusals 0.00 -> 0.00). Its own judge-approved direct replies,
+        # as an auxiliary SFT term, carry them into the CoT format (README "Warm-starting
+        # refusals"); 2 pairs a step cost ~3 s.
+        "train.sft_data": "embedded",
+        "train.sft_coef": 1.0,
+        "train.sft_batch_size": 2,
     },
     # One modern GPU: a 1-3B instruct model, WildGuard in-process or served by vLLM.
     "single-gpu": {
@@ -366,6 +378,8 @@ def validate(cfg: Config) -> None:
     for name in ("steps", "rollout_batch_size", "train_batch_size", "micro_batch_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1.")
+    if t.sft_batch_size < 0 or t.sft_coef < 0:
+        raise ConfigError("train.sft_batch_size and train.sft_coef must be >= 0.")
     if t.algorithm in ("grpo", "rloo") and t.samples_per_prompt < 2:
         raise ConfigError(
             f"train.algorithm={t.algorithm} compares several games of the same seed: set "

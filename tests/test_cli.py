@@ -51,7 +51,7 @@ def test_config_command():
     assert res.returncode == 0 and "lr: 5.0e-07" in res.stdout
 
 
-@pytest.mark.parametrize("cmd", [["--help"], ["play", "--help"], ["judge", "eval", "--help"]])
+@pytest.mark.parametrize("cmd", [["--help"], ["play", "--help"], ["judge", "eval", "--help"], ["self-distill", "--help"]])
 def test_help(cmd):
     assert run_cli(*cmd).returncode == 0
 
@@ -68,3 +68,7 @@ def test_train_missing_resume_dir_touches_nothing(tmp_path):
     res = run_cli("train", "--out", str(out), "--resume", str(tmp_path / "nope"))
     assert_clean_error(res, "does not exist")
     assert not out.exists()
+
+
+def test_self_distill_out_is_a_directory(tmp_path):
+    assert_clean_error(run_cli("self-distill", "--out", str(tmp_path)), "is a directory")

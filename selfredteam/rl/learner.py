@@ -184,7 +184,7 @@ class Learner:
         else:
             old_lp = self._score(samples, use_reference=False)
         t_old = time.perf_counter() - t0 - t_ref
-        t_fwd_bwd = t_opt = 0.0
+        t_fwd_bwd = t_sft = t_opt = 0.0
 
         # Advantages over the whole rollout batch (padded to a common length).
         R = max(len(s.response_ids) for s in samples)
@@ -239,10 +239,12 @@ class Learner:
                         batch_loss += loss.item()
                         stats["loss/clip_frac"].append(info["clip_frac"])
                         stats["loss/entropy"].append(float(masked_mean(ent, m)))
+                t_sft0 = time.perf_counter()
                 if b == 0 and sft:
                     stats.setdefault("loss/sft_nll", []).append(self.sft_backward(sft, cfg.sft_coef))
                 t2 = time.perf_counter()
-                t_fwd_bwd += t2 - t1
+                t_fwd_bwd += t_sft0 - t1
+                t_sft += t2 - t_sft0
                 gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
                 stats["loss/grad_norm"].append(float(gn))
                 stats["loss/policy"].append(batch_loss)
@@ -256,7 +258,8 @@ class Learner:
         out["lr"] = self.scheduler.get_last_lr()[0]
         out["samples"] = len(samples)
         out.update({"timing/learn_ref_logprob_s": t_ref, "timing/learn_old_logprob_s": t_old,
-                    "timing/learn_fwd_bwd_s": t_fwd_bwd, "timing/learn_optimizer_s": t_opt})
+                    "timing/learn_fwd_bwd_s": t_fwd_bwd, "timing/learn_sft_s": t_sft,
+                    "timing/learn_optimizer_s": t_opt})
         if any(math.isnan(v) for v in out.values()):
             raise FloatingPointError(f"NaN in learner stats: {out}")
         return out

@@ -198,7 +198,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
             # 3. learn from the trainable turns.
             t1 = time.perf_counter()
             samples = samples_from_games(games, roles, groups)
-            sft = sft_samples(sft_pairs, t.micro_batch_size, sampler, cfg.game.cot, rng) if sft_pairs else None
+            sft = sft_samples(sft_pairs, t.sft_batch_size or t.micro_batch_size, sampler, cfg.game.cot, rng) if sft_pairs else None
             stats = learner.update(samples, sft)
             t_learn = time.perf_counter() - t1
             tokens = sum(len(s.response_ids) for s in samples)
