@@ -209,7 +209,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # it must think first, so CoT self-play alone found almost no refusals to reinforce (two
         # 20-step runs: correct refusals 0.00 -> 0.00). Its own judge-approved direct replies,
         # as an auxiliary SFT term, carry them into the CoT format (README "Warm-starting
-        # refusals"); 2 pairs a step cost ~3 s.
+        # refusals"); 2 pairs a step cost 3-5 s.
         "train.sft_data": "embedded",
         "train.sft_coef": 1.0,
         "train.sft_batch_size": 2,
