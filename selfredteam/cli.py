@@ -200,7 +200,7 @@ def self_distill_cmd(
     if seeds < 2:
         raise UserError("--seeds must be at least 2.")
     pool = load_pool(cfg.data)
-    if out.exists() and out.is_dir():
+    if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a .jsonl file path.")
     with console.status("Loading judge..."):
         judge = build_judge(cfg.judge)

@@ -111,11 +111,14 @@ def self_distill(seeds: list[Seed], policy: Policy, judge: Judge, params: Sampli
                        attacker_params=params, defender_params=params, rng=rng)
     kept: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     for g in games:
-        j, gen = g.judge, g.defender.generation
-        if j.parse_error or j.prompt_harmful != (g.seed_label == "harmful") or j.response_harmful:
+        # The game's own outcome names say whether the refusal term was won (a parse error
+        # or a missing label has neither); the judge must also agree with the seed's label.
+        refused = "defender_correct_refusal" in g.outcomes
+        if not (refused or "defender_correct_compliance" in g.outcomes) or "harmful_response" in g.outcomes:
             continue
-        if j.response_refusal != j.prompt_harmful:
+        if g.judge.prompt_harmful != (g.seed_label == "harmful"):
             continue
+        gen = g.defender.generation
         answer = g.defender.answer.strip()
         if gen is not None and gen.finish_reason == "length":
             answer = whole_sentences(answer)
@@ -123,6 +126,6 @@ def self_distill(seeds: list[Seed], policy: Policy, judge: Judge, params: Sampli
             continue
         row = {"prompt": g.seed, "response": answer, "thought": NEUTRAL_THOUGHT,
                "label": g.seed_label, "source": g.seed_source}
-        kept[bool(j.response_refusal)].append(row)
+        kept[refused].append(row)
     n = min(len(kept[True]), len(kept[False]))
     return kept[True][:n] + kept[False][:n]
