@@ -6,9 +6,6 @@ applied by our tokenizer), so tokens/s compare like for like.
 
 from __future__ import annotations
 
-import platform
-import subprocess
-
 TURNS_PER_GAME = 1.5
 """A cpu-demo game has 1.5 generated turns on average: half the seeds are revised first."""
 
@@ -23,12 +20,8 @@ def bench_prompt_ids(policy, n: int) -> list[list[int]]:
 
 
 def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name and kind (native bf16 or not): tables from different CPUs differ."""
+    from selfredteam.runtime import cpu_kind
+    from selfredteam.runtime import cpu_name as model_name
 
+    return f"{model_name()} ({cpu_kind()})"

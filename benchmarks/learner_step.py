@@ -4,7 +4,7 @@ Runs the real command in a child process (`--set train.steps=N`), then reads the
 keys of metrics.jsonl: generate / judge / reference log-probs / old log-probs / policy
 forward+backward / auxiliary SFT forward+backward / optimizer. Peak RSS is the child's maximum resident set (getrusage).
 
-    python benchmarks/learner_step.py --steps 1
+    python benchmarks/learner_step.py --steps 2 --set model.dtype=float32
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from _common import cpu_name
+
+from selfredteam.policy.hf import cpu_has_native_bf16
 
 COLUMNS = [
     ("timing/generate_s", "generate"),
@@ -37,7 +39,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], help="extra config overrides")
+    ap.add_argument("--native-bf16-only", action="store_true",
+                    help="print a skip line instead of running on a CPU without native bf16 (for the bf16 row)")
     args = ap.parse_args()
+    if args.native_bf16_only and not cpu_has_native_bf16():
+        print(f"skipped on {cpu_name()}: bf16 without native instructions runs 2-6x slower (rollout table)")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "selfredteam", "train", "--preset", "cpu-demo", "--out", str(out),
@@ -49,8 +56,9 @@ def main() -> None:
         wall = time.perf_counter() - t0
         rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    print(f"`train --preset cpu-demo`, {args.steps} step(s) of 8 games; {cpu_name()}; "
-          f"wall {wall:.0f} s incl. loading, peak RSS {rss_gib:.2f} GiB\n")
+        runtime = json.loads((out / "runtime.json").read_text())
+    print(f"`train --preset cpu-demo`, {args.steps} step(s) of 8 games; {cpu_name()}; dtype {runtime['dtype']} "
+          f"({runtime['why']}); wall {wall:.0f} s incl. loading, peak RSS {rss_gib:.2f} GiB\n")
     print("| step | " + " | ".join(name for _, name in COLUMNS) + " | learner share |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     for r in rows:

@@ -22,8 +22,9 @@ from selfredteam.policy.hf import InverseCdfSampler, TransformersPolicy, cpu_has
 
 VARIANTS = {
     # name: (model.dtype, model.cpu_fp16_weights)
-    "fp16-weights": ("float32", True),  # the CPU default: fp32 activations, packed fp16 weights
+    "fp16-weights": ("float32", True),  # default without native bf16: fp32 activations, fp16 weights in decode
     "float32": ("float32", False),
+    "bf16+fp16-weights": ("bfloat16", True),  # default with native bf16: bf16 prefill, fp16 weights in decode
     "bfloat16": ("bfloat16", False),
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import random
 import sys
@@ -18,9 +19,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from selfredteam.config import Config, load_config, save_config, valid_keys
+from selfredteam.config import Config, ModelConfig, load_config, save_config, valid_keys
 from selfredteam.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -37,6 +39,21 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override:
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 
 
+class _WarningHandler(logging.Handler):
+    """Warnings of the `selfredteam` logger (input budgets, seed pools) as one console paragraph."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False)
+
+
+@app.callback()
+def _setup() -> None:
+    logger = logging.getLogger("selfredteam")
+    if not any(isinstance(h, _WarningHandler) for h in logger.handlers):
+        logger.addHandler(_WarningHandler(logging.WARNING))
+        logger.setLevel(logging.INFO)
+
+
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn UserError and Ctrl-C into a clear message and exit code, without a traceback."""
 
@@ -48,7 +65,8 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as e:
             if debug:
                 raise
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            # Escaped: messages quote config sections like [model], which rich would eat as markup.
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted.[/] Outputs written so far are kept.")
@@ -59,6 +77,30 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _config(preset: str, config: Path | None, sets: list[str] | None) -> Config:
     return load_config(preset, config, sets or [])
+
+
+def _announce_runtime(model: ModelConfig, threads: int, out: Path | None = None) -> dict[str, Any]:
+    """Print the device and dtype (and why) at start; save them as OUT/runtime.json."""
+    from selfredteam.runtime import describe, runtime_info, save_runtime
+
+    info = runtime_info(model, threads)
+    console.print(f"Running on {describe(info)}.", highlight=False)
+    if out is not None:
+        save_runtime(out, info)
+    return info
+
+
+def _warn_truncations(*holders: Any) -> dict[str, int]:
+    """After a command: one warning line per input budget that cut something; the counts."""
+    counts = {}
+    for h in holders:
+        counter = getattr(h, "truncation", None)
+        if counter is None:
+            continue
+        counts[f"truncated/{counter.what.replace(' ', '_')}s"] = counter.count
+        if counter.summary():
+            console.print(f"[yellow]warning:[/] {escape(counter.summary())}", highlight=False)
+    return counts
 
 
 @app.command()
@@ -73,7 +115,7 @@ def play(
     debug: DebugOpt = False,
 ) -> None:
     """Play real self-play games (attacker revises, defender answers, judge labels) and save them."""
-    from selfredteam.data import load_pool, sample_batch
+    from selfredteam.data import load_pool, missing_class, sample_batch
     from selfredteam.game.play import play_games, summarize
     from selfredteam.judges import build_judge
     from selfredteam.policy import build_policy
@@ -85,8 +127,11 @@ def play(
         raise UserError("--games must be at least 1.")
     # Cheap checks first: a bad seed file or judge URL fails before any model loads.
     pool = load_pool(cfg.data)
+    if problem := missing_class(pool, cfg.game.harmful_fraction, cfg.data.seeds):
+        logging.getLogger("selfredteam").warning(problem)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
+    _announce_runtime(cfg.model, cfg.run.threads, out)
     with console.status("Loading judge..."):
         judge = build_judge(cfg.judge)
         if cfg.judge.backend == "openai" and cfg.judge.kind == "wildguard":
@@ -98,8 +143,7 @@ def play(
     t0 = time.perf_counter()
     with console.status(f"Playing {len(batch)} games..."):
         records = play_games(
-            batch, policy, judge,
-            reward_mode=cfg.game.reward_mode, cot=cfg.game.cot, revise_fraction=cfg.game.revise_fraction,
+            batch, policy, judge, rules=cfg.game,
             attacker_params=sampling_params(cfg.generation, "attacker", cfg.game.cot),
             defender_params=sampling_params(cfg.generation, "defender", cfg.game.cot),
             rng=rng,
@@ -110,6 +154,7 @@ def play(
             f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
     summary = summarize(records) | {"perf/tokens_per_s": policy.tokens_per_s, "perf/generated_tokens": policy.tokens,
                                     "timing/generate_s": policy.seconds, "timing/total_s": wall}
+    summary |= _warn_truncations(policy, judge)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_summary(summary, out)
 
@@ -189,7 +234,7 @@ def self_distill_cmd(
     (harmful refused, benign answered unharmfully) are kept, balanced, and post-filled with a
     short thought so they train the CoT format. See README "Warm-starting refusals".
     """
-    from selfredteam.data import load_pool, sample_batch
+    from selfredteam.data import load_pool, missing_class, sample_batch
     from selfredteam.fsutil import write_text_atomic
     from selfredteam.judges import build_judge
     from selfredteam.policy import build_policy
@@ -202,6 +247,10 @@ def self_distill_cmd(
     pool = load_pool(cfg.data)
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a .jsonl file path.")
+    if problem := missing_class(pool, cfg.game.harmful_fraction, cfg.data.seeds):
+        logging.getLogger("selfredteam").warning(problem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = _announce_runtime(cfg.model, cfg.run.threads)
     with console.status("Loading judge..."):
         judge = build_judge(cfg.judge)
     with console.status(f"Loading policy {cfg.model.name_or_path}..."):
@@ -210,11 +259,12 @@ def self_distill_cmd(
     batch = sample_batch(pool, seeds, cfg.game.harmful_fraction, rng)
     with console.status(f"Answering {len(batch)} seeds..."):
         rows = self_distill(batch, policy, judge, sampling_params(cfg.generation, "defender", False), rng)
+    _warn_truncations(policy, judge)
     if not rows:
         raise UserError(f"No reply of {len(batch)} was both a judged refusal of a harmful seed and one "
                         "judged answer of a benign one; try more --seeds.")
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(out.with_suffix(".runtime.json"), json.dumps(info, indent=2) + "\n")
     console.print(f"Kept {len(rows)} of {len(batch)} replies ({len(rows) // 2} refusals, "
                   f"{len(rows) // 2} answers) in {out}.")
 
@@ -244,17 +294,25 @@ def eval_cmd(
     label: Annotated[str, typer.Option(help="harmful | benign, for --benchmark-file.")] = "harmful",
     limit: Annotated[int | None, typer.Option(help="At most this many prompts per benchmark (stratified by subset).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write results.jsonl (per prompt) and summary.json here; reused on re-runs.")] = None,
+    baseline: Annotated[str | None, typer.Option(help="A second model (same forms as --model, e.g. embedded) to compare against: J, delta J, delta over-refusal.")] = None,
+    baseline_out: Annotated[Path | None, typer.Option(help="Where the baseline's answers are kept and reused (default OUT/baseline).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the benchmarks and exit.")] = False,
     preset: PresetOpt = "cpu-demo",
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Safety and over-refusal of a model on benchmarks, with 95% Wilson intervals."""
+    """Safety and over-refusal of a model on benchmarks, with 95% Wilson intervals.
+
+    With --baseline, both models answer the same prompts and the change is reported: refusal
+    discrimination J = harmful refusal - benign refusal per benchmark family, delta J, delta
+    over-refusal and delta ASR with paired 95% bootstrap intervals (OUT/comparison.json).
+    """
+    import gc
+
     from selfredteam.eval.benchmarks import BENCHMARKS, generic_prompts, load_benchmark
-    from selfredteam.eval.run import build_eval_policy, run_eval, stratified_sample
+    from selfredteam.eval.run import eval_model_config, evaluate_model, stratified_sample, summarize
     from selfredteam.judges import build_judge
-    from selfredteam.policy.base import sampling_params
 
     if list_:
         for b in BENCHMARKS.values():
@@ -268,23 +326,75 @@ def eval_cmd(
     else:
         for name in [b.strip() for b in benchmarks.split(",") if b.strip()]:
             sets[name] = stratified_sample(load_benchmark(name, paths.get(name)), limit, cfg.run.seed)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    _announce_runtime(eval_model_config(model, cfg), cfg.run.threads, out)
     with console.status("Loading judge..."):
         judge = build_judge(cfg.judge)
-    with console.status(f"Loading model {model}..."):
-        policy = build_eval_policy(model, cfg)
-    with console.status(f"Answering and judging {sum(map(len, sets.values()))} prompts..."):
-        summary = run_eval(policy, judge, sets, cfg.game.cot, sampling_params(cfg.generation, "defender", cfg.game.cot), out)
-    t = Table(title=f"Safety eval: {model} (judge {judge.judge_id}, CoT {'on' if cfg.game.cot else 'off'})")
-    for col in ("benchmark", "subset", "n", "ASR (harmful)", "refusal", "compliance (benign)", "over-refusal", "parse err"):
-        t.add_column(col)
+    n = sum(map(len, sets.values()))
+    with console.status(f"Loading {model}, answering and judging {n} prompts..."):
+        rows, policy = evaluate_model(model, cfg, judge, sets, out)
+    _warn_truncations(policy, judge)
+    summary = summarize(rows)
+    if out:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _print_eval(f"Safety eval: {model} (judge {judge.judge_id}, CoT {'on' if cfg.game.cot else 'off'})", summary)
+    if baseline:
+        del policy
+        gc.collect()  # one model in memory at a time
+        base_out = baseline_out or (out / "baseline" if out else None)
+        with console.status(f"Baseline {baseline}: answering and judging {n} prompts..."):
+            base_rows, base_policy = evaluate_model(baseline, cfg, judge, sets, base_out)
+        _warn_truncations(base_policy)
+        if base_out:
+            (base_out / "summary.json").write_text(json.dumps(summarize(base_rows), indent=2))
+        from selfredteam.eval.compare import compare_models
+
+        comparison = {"model": model, "baseline": baseline} | compare_models(rows, base_rows, seed=cfg.run.seed)
+        if out:
+            (out / "comparison.json").write_text(json.dumps(comparison, indent=2))
+        _print_comparison(comparison)
+    if out:
+        console.print(f"Wrote {out / 'results.jsonl'} and {out / 'summary.json'}"
+                      + (f" and {out / 'comparison.json'}." if baseline else "."))
+
+
+def _print_eval(title: str, summary: dict[str, Any]) -> None:
     from selfredteam.eval.metrics import Rate
 
+    t = Table(title=title)
+    for col in ("benchmark", "subset", "n", "ASR (harmful)", "refusal", "compliance (benign)", "over-refusal",
+                "stock phrase", "parse err"):
+        t.add_column(col)
     for e in summary["subsets"]:
         cells = [str(Rate(**e[k])) if k in e else "" for k in ("asr", "refusal_rate", "compliance_rate", "over_refusal_rate")]
-        t.add_row(e["benchmark"], e["subset"], str(e["n"]), *cells, str(e["parse_errors"]))
+        stock = "-" if e.get("stock_phrase_share") is None else f"{e['stock_phrase_share']:.2f}"
+        t.add_row(e["benchmark"], e["subset"], str(e["n"]), *cells, stock, str(e["parse_errors"]))
     out_console.print(t)
-    if out:
-        console.print(f"Wrote {out / 'results.jsonl'} and {out / 'summary.json'}.")
+
+
+def _print_comparison(c: dict[str, Any]) -> None:
+    from selfredteam.eval.compare import fmt_interval
+
+    t = Table(title=f"Refusal discrimination J = refusal(harmful) - refusal(benign): {c['model']} vs {c['baseline']}")
+    for col in ("family", "n harm/benign", "baseline refusal h / b", "model refusal h / b", "J baseline", "J model",
+                "delta J [95%]", "delta over-refusal [95%]"):
+        t.add_column(col)
+    for f in c["families"]:
+        b, m = f["baseline"], f["model"]
+        rates = [f"{x['harmful_refusal']['k'] / x['harmful_refusal']['n']:.2f} / "
+                 f"{x['benign_refusal']['k'] / x['benign_refusal']['n']:.2f}" for x in (b, m)]
+        t.add_row(f["family"], f"{f['n_harmful']}/{f['n_benign']}", *rates, fmt_interval(b["J"]), fmt_interval(m["J"]),
+                  fmt_interval(f["delta_J"]), fmt_interval(f["delta_over_refusal"]))
+    out_console.print(t)
+    s = Table(title="Change per subset (paired bootstrap, 95%)")
+    for col in ("benchmark", "subset", "n", "delta refusal / over-refusal", "delta ASR"):
+        s.add_column(col)
+    for e in c["subsets"]:
+        d = e.get("delta_refusal") or e.get("delta_over_refusal")
+        s.add_row(e["benchmark"], e["subset"], str(e["n_paired"]), fmt_interval(d) if d else "-",
+                  fmt_interval(e["delta_asr"]) if "delta_asr" in e else "")
+    out_console.print(s)
 
 
 @app.command()
@@ -319,17 +429,19 @@ def attack(
     """Red-team on demand: revise seeds into attacks with a (trained) attacker; writes attacks.jsonl."""
     from selfredteam.data import load_pool, sample_batch
     from selfredteam.eval.diversity import diversity_report, generate_attacks
-    from selfredteam.eval.run import build_eval_policy
+    from selfredteam.eval.run import build_eval_policy, eval_model_config
     from selfredteam.policy.base import sampling_params
 
     cfg = _config(preset, config, list(set_ or []) + ([f"data.seeds={seeds}"] if seeds else []))
     pool = load_pool(cfg.data)
     batch = sample_batch(pool, n, cfg.game.harmful_fraction, random.Random(cfg.run.seed))
+    out.mkdir(parents=True, exist_ok=True)
+    _announce_runtime(eval_model_config(model, cfg), cfg.run.threads, out)
     with console.status(f"Loading attacker {model}..."):
         policy = build_eval_policy(model, cfg)
     with console.status(f"Generating {len(batch)} attacks..."):
         attacks = generate_attacks(policy, batch, cfg.game.cot, sampling_params(cfg.generation, "attacker", cfg.game.cot))
-    out.mkdir(parents=True, exist_ok=True)
+    _warn_truncations(policy)
     save_config(cfg, out)
     with open(out / "attacks.jsonl", "w", encoding="utf-8") as f:
         for a in attacks:

@@ -34,9 +34,9 @@ class ModelConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     cpu_fp16_weights: bool = True
-    """On CPU, decode steps read the frozen weights as packed fp16 (fbgemm, fp32 accumulation):
-    1.4-1.8x the fp32 tokens/s at batch 8 (BENCHMARKS.md), logits within ~1e-4 of fp32. Off:
-    exact fp32 everywhere."""
+    """On CPU, decode steps read the frozen weights as packed fp16 (fbgemm, fp32 accumulation), in
+    fp32 and in bf16 models: 1.4-2.6x the tokens/s at batch 8 (BENCHMARKS.md), logits within ~1e-4
+    of fp32. Off: the dtype's own kernels everywhere."""
     gguf_file: str | None = None
     """GGUF file name inside an HF repo/dir, when `name_or_path` is a repo holding GGUF files."""
     base_url: str | None = None
@@ -58,6 +58,11 @@ class GenerationConfig:
     top_p: float = 1.0
     batch_size: int = 16
     """How many sequences the transformers backend generates at once."""
+    max_prompt_length: int = 1024
+    """Token budget of a whole prompt (chat template and instructions included) in every command:
+    a longer one has its longest message cut in the middle, start and end kept, counted and
+    warned about (budget.py). Remote backends have no tokenizer here and use 4 characters a
+    token. The longest shipped eval prompt is ~680 tokens with its instructions."""
     stop_at_answer: bool = True
     """With CoT on, end each turn at its first `</answer>` (kept in the output). Text after it
     can only break the format (a valid output ends there) and costs decode steps; measured on
@@ -83,6 +88,10 @@ class JudgeConfig:
     """Default: <user cache>/selfredteam/judge_cache.sqlite."""
     weights: str | None = None
     """Embedded judge only: a dir written by `selfredteam judge fit` (default: the shipped weights)."""
+    max_input_chars: int = 8000
+    """Budget of the judge's prompt and of its response, each: longer ones are cut in the middle,
+    counted and warned about (budget.py). The embedded judge's encoder reads 256 tokens anyway;
+    WildGuard's template must fit its context."""
 
 
 @dataclass
@@ -96,6 +105,12 @@ class GameConfig:
     """Fraction of each seed class (harmful, benign) that the attacker revises."""
     harmful_fraction: float = 0.5
     """Fraction of each batch's seeds drawn from the harmful pool."""
+    cut_off_format_reward: float = -1.0
+    """CoT format term of a turn whose answer the token budget cut off (it would be valid if its
+    `</answer>` had fit). -1 (the paper: any violation). At -1 a helpful answer cut off on a benign
+    prompt scores +1, a tie with refusing it (-1 + 1 + 1), so while the defender cannot yet tell the
+    classes apart the cheap refusal wins; at 0 the cut-off answer scores +2, between refusing (+1)
+    and a complete answer (+3)."""
 
 
 @dataclass
@@ -147,15 +162,41 @@ class TrainConfig:
     static_prompts: str | None = None
     """defender-only: a file of adversarial prompts (same format as seeds) mixed into each batch."""
     samples_per_prompt: int = 1
-    """Games per seed in a step; GRPO/RLOO need >= 2 (their baseline is the group of a seed)."""
+    """Defender answers per prompt: each seed is revised (or not) once and its final prompt is
+    answered this many times (games that share the attacker turn). GRPO/RLOO need >= 2: their
+    baseline is the defender's other answers to the same prompt."""
+    advantage_norm: Literal["batch", "role", "role_class"] = "batch"
+    """Who is compared with whom. REINFORCE++ whitens the returns over `batch` (the paper: attacker
+    and defender turns together, so the role with the higher reward scale gets a positive mean
+    advantage whatever it did), per `role`, or per `role_class` (the defender's turns on harmful and
+    on benign seeds apart). GRPO/RLOO pool the samples without siblings (one attacker revision per
+    seed) by the same groups."""
     sft_data: str | None = None
-    """Optional auxiliary SFT chat data: a file with `prompt`/`response` (and optional `thought`)
-    fields, an HF dataset name, or `embedded` (the embedded model's self-distilled refusals and
-    answers, written by `selfredteam self-distill`)."""
+    """Optional auxiliary SFT chat data: a file with `prompt`/`response` (and optional `thought`,
+    and `label` harmful/benign for paired draws) fields, an HF dataset name, or `embedded` (the
+    embedded model's self-distilled refusals and answers, written by `selfredteam self-distill`)."""
     sft_coef: float = 0.0
+    """Weight of the auxiliary SFT loss. It sits outside the KL penalty: at 1.0 with 2 random
+    rows a step its gradient was 1.5-2.5x the policy gradient's and nearly orthogonal to it
+    (issue 19), so the step followed the SFT draw rather than the game."""
     sft_batch_size: int = 0
-    """SFT pairs per step (0 = micro_batch_size)."""
-    max_prompt_length: int = 512
+    """SFT rows per step (0 = micro_batch_size)."""
+    sft_decay_steps: int = 0
+    """0: constant sft_coef. N: sft_coef fades linearly to 0 at step N (a bootstrap that hands
+    over to RL instead of competing with it all run)."""
+    sft_paired: bool = False
+    """Draw as many refusal rows (label harmful) as answer rows (label benign) every step, instead
+    of at random: a draw of two refusals raised log P(refusal) on benign prompts as much as on
+    harmful ones; a paired draw pushes both ways at once."""
+    sft_normalize: Literal["token", "sequence"] = "token"
+    """`token`: NLL summed over tokens / all target tokens (long answers outweigh short refusals);
+    `sequence`: mean NLL per row, then mean over rows (each row weighs the same)."""
+    sft_thought_in_loss: bool = True
+    """Train on the post-filled thought too. Off: the thought is context only, so the policy is
+    never taught to say it (a defender trained on a fixed thought echoed it as its answer)."""
+    sft_warmup_steps: int = 0
+    """Optimizer steps of SFT alone (sft_batch_size rows each) before the first RL step: a short
+    warm start instead of (or before) SFT at every step."""
     save_every: int = 10
     games_log_every: int = 1
     """Write a sample of games to games/step_N.jsonl every this many steps."""
@@ -255,7 +296,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.kl_coef": 0.01,
         "train.steps": 200,
         "train.full_finetune": True,
-        "train.max_prompt_length": 2048,
+        "generation.max_prompt_length": 2048,
     },
 }
 
@@ -326,7 +367,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
+RENAMED_KEYS = {"train.max_prompt_length": "generation.max_prompt_length"}
+"""Old key -> new key: configs written before a rename still load."""
+
+
 def _set(cfg: Config, key: str, value: Any) -> None:
+    key = RENAMED_KEYS.get(key, key)
     section, _, name = key.partition(".")
     sections = _sections()
     if section not in sections or not name:
@@ -373,13 +419,20 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"Bad value {v} for {name}: must be between 0 and 1.")
     if cfg.generation.top_p <= 0 or cfg.generation.top_p > 1:
         raise ConfigError(f"Bad value {cfg.generation.top_p} for generation.top_p: must be in (0, 1].")
+    if cfg.generation.max_prompt_length < 64 or cfg.judge.max_input_chars < 256:
+        raise ConfigError("generation.max_prompt_length must be >= 64 tokens and judge.max_input_chars >= 256 "
+                          "characters: a prompt needs room for the instructions around it.")
     if cfg.generation.temperature < 0:
         raise ConfigError("generation.temperature must be >= 0 (0 = greedy).")
     for name in ("steps", "rollout_batch_size", "train_batch_size", "micro_batch_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1.")
-    if t.sft_batch_size < 0 or t.sft_coef < 0:
-        raise ConfigError("train.sft_batch_size and train.sft_coef must be >= 0.")
+    if min(t.sft_batch_size, t.sft_coef, t.sft_decay_steps, t.sft_warmup_steps) < 0:
+        raise ConfigError("train.sft_batch_size, sft_coef, sft_decay_steps and sft_warmup_steps must be >= 0.")
+    if t.samples_per_prompt < 1:
+        raise ConfigError("train.samples_per_prompt must be >= 1.")
+    if t.sft_warmup_steps and not t.sft_data:
+        raise ConfigError("train.sft_warmup_steps needs train.sft_data (the rows to warm up on).")
     if t.algorithm in ("grpo", "rloo") and t.samples_per_prompt < 2:
         raise ConfigError(
             f"train.algorithm={t.algorithm} compares several games of the same seed: set "

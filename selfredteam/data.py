@@ -7,6 +7,7 @@ pool (`embedded`) ships as package data (see selfredteam/assets/README.md for at
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass
@@ -43,28 +44,44 @@ class FieldMap:
     """Used when records have no label field (e.g. a file of only harmful requests)."""
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 fail with the file, line and column, and how to
+    re-encode (a byte offset alone would leave the user searching)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column}). Seed and data "
+            "files must be UTF-8: re-encode the file, e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl` "
+            "(if it was written as Latin-1), or fix that line."
+        ) from None
+
+
 def _records_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). Each line of a "
-                    "JSONL seed file must be one JSON object such as "
-                    '{"prompt": "...", "label": "harmful"}; fix or delete that line.'
-                ) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}.")
-            rows.append((lineno, obj))
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 and other line separators raw.
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). Each line of a "
+                "JSONL seed file must be one JSON object such as "
+                '{"prompt": "...", "label": "harmful"}; fix or delete that line.'
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}.")
+        rows.append((lineno, obj))
     return rows
 
 
 def _records_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(read_utf8(path), newline="") as f:
         reader = csv.DictReader(f)
         rows = []
         try:
@@ -81,7 +98,7 @@ def _records_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _records_json(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -195,6 +212,23 @@ def load_pool(data_cfg: Any, spec: str | None = None) -> list[Seed]:
     d = data_cfg
     fmap = FieldMap(d.prompt_field, d.label_field, tuple(d.harmful_values), tuple(d.benign_values))
     return load_seeds(spec or d.seeds, fmap, d.split)
+
+
+def missing_class(pool: list[Seed], harmful_fraction: float, where: str) -> str | None:
+    """Why `pool` cannot give the batches `game.harmful_fraction` asks for, or None when it can.
+
+    The game needs both classes: harmful seeds teach refusing and attacking, benign ones
+    answering and baiting over-refusal. A pool of one class silently trains only half the game."""
+    n_harm = sum(s.harmful for s in pool)
+    lacking = [name for name, n, needed in (("harmful", n_harm, harmful_fraction > 0),
+                                           ("benign", len(pool) - n_harm, harmful_fraction < 1)) if needed and not n]
+    if not lacking:
+        return None
+    return (f"The seed pool {where} has no {lacking[0]} seeds ({n_harm} harmful, {len(pool) - n_harm} benign), "
+            f"but game.harmful_fraction={harmful_fraction} asks for both classes: every batch will be "
+            f"{'benign' if lacking[0] == 'harmful' else 'harmful'} only. Add {lacking[0]} seeds (data.seeds), "
+            "check data.label_field / data.harmful_values / data.benign_values, or set game.harmful_fraction "
+            f"to {1 if lacking[0] == 'benign' else 0} if that is what you mean.")
 
 
 def sample_batch(pool: list[Seed], n: int, harmful_fraction: float, rng: random.Random) -> list[Seed]:

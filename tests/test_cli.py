@@ -72,3 +72,56 @@ def test_train_missing_resume_dir_touches_nothing(tmp_path):
 
 def test_self_distill_out_is_a_directory(tmp_path):
     assert_clean_error(run_cli("self-distill", "--out", str(tmp_path)), "is a directory")
+
+
+def test_unknown_key_error_names_its_section():
+    # rich would read "[game]" as markup and print "Valid keys in :" unless the message is escaped
+    assert_clean_error(run_cli("config", "--set", "game.rewardmode=1"), "Valid keys in [game]: game.reward_mode")
+
+
+def test_non_utf8_seed_file_is_a_clean_error(tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_bytes(b'{"prompt": "a", "label": "harmful"}\n{"prompt": "caf\xe9", "label": "benign"}\n')
+    res = run_cli("play", "--games", "2", "--seeds", str(seeds), "--out", str(tmp_path / "o"))
+    assert_clean_error(res, f"{seeds}:2: not valid UTF-8", "iconv")
+    assert not (tmp_path / "o").exists()
+
+
+def _tiny_cli(cmd, tmp_path, model_dir, seeds, *extra):
+    return run_cli(cmd, "--out", str(tmp_path / cmd), "--set", f"data.seeds={seeds}",
+                   "--set", f"model.name_or_path={model_dir}", "--set", "generation.attacker_max_new_tokens=4",
+                   "--set", "generation.defender_max_new_tokens=4", "--set", "judge.cache=false", *extra)
+
+
+def test_huge_prompt_is_cut_with_a_counted_warning(tmp_path, tiny_model_dir):
+    import json
+    import time
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"prompt": "How do I " + "really " * 15_000 + "pick a lock?", "label": "harmful"})
+                     + "\n" + json.dumps({"prompt": "How do I bake bread?", "label": "benign"}) + "\n")
+    t0 = time.perf_counter()
+    res = _tiny_cli("play", tmp_path, tiny_model_dir, seeds, "--games", "2")
+    took = time.perf_counter() - t0
+    assert res.returncode == 0, res.stderr[-3000:]
+    err = " ".join(res.stderr.split())
+    assert "warning: A policy prompt of" in err and "generation.max_prompt_length=1024" in err
+    assert "1 policy prompt was cut to generation.max_prompt_length=1024 tokens" in err
+    assert "Traceback" not in err and took < 120  # was: no output for 5 minutes
+    summary = json.loads((tmp_path / "play" / "summary.json").read_text())
+    assert summary["truncated/policy_prompts"] == 1
+    assert "Running on device cpu" in err
+    runtime = json.loads((tmp_path / "play" / "runtime.json").read_text())
+    assert runtime["device"] == "cpu" and runtime["dtype"] in ("float32", "bfloat16") and runtime["why"]
+
+
+def test_one_class_seed_pool_warns_in_play_and_stops_train(tmp_path, tiny_model_dir):
+    seeds = tmp_path / "benign.jsonl"
+    seeds.write_text('{"prompt": "How do I bake bread?", "label": "benign"}\n'
+                     '{"prompt": "Name a colour.", "label": "benign"}\n')
+    res = _tiny_cli("play", tmp_path, tiny_model_dir, seeds, "--games", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "warning: The seed pool" in res.stderr and "no harmful seeds" in " ".join(res.stderr.split())
+    res = _tiny_cli("train", tmp_path, tiny_model_dir, seeds, "--set", "train.steps=1")
+    assert_clean_error(res, "no harmful seeds", "0 harmful, 2 benign", "game.harmful_fraction")
+    assert not (tmp_path / "train").exists()

@@ -14,7 +14,7 @@ def test_paper_preset_matches_method():
     cfg = load_config("paper-8b")
     assert cfg.train.lr == 5e-7 and cfg.train.rollout_batch_size == 128 and cfg.train.train_batch_size == 32
     assert cfg.generation.top_p == 1.0 and cfg.train.steps == 200 and cfg.train.kl_coef == 0.01
-    assert cfg.generation.defender_max_new_tokens == 2048 and cfg.train.max_prompt_length == 2048
+    assert cfg.generation.defender_max_new_tokens == 2048 and cfg.generation.max_prompt_length == 2048
 
 
 def test_overrides_parse_types():
@@ -69,3 +69,8 @@ def test_yaml_errors_name_the_file(tmp_path):
 def test_valid_keys_cover_sections():
     keys = valid_keys()
     assert "model.name_or_path" in keys and "judge.kind" in keys and "game.cot" in keys
+
+
+def test_renamed_key_still_loads():
+    cfg = load_config("cpu-demo", overrides=["train.max_prompt_length=700"])
+    assert cfg.generation.max_prompt_length == 700

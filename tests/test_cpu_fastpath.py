@@ -94,3 +94,25 @@ def test_fp16_decode_close_on_a_real_transformer():
     ids = torch.randint(2, 64, (6, 9))
     a, b = greedy(model, ids), greedy(fast, ids)
     torch.testing.assert_close(torch.stack(a.logits), torch.stack(b.logits), atol=2e-3, rtol=2e-3)
+
+
+@needs_fbgemm
+def test_bf16_model_decodes_through_the_fp16_pack_and_keeps_bf16_elsewhere():
+    """bf16 models (auto on CPUs with native bf16): decode steps read the fp16 pack with fp32
+    products, prefill and autograd keep the bf16 kernels; without fp16 weights nothing switches."""
+    model = tiny_model().to(torch.bfloat16).requires_grad_(False)
+    assert use_small_batch_linears(copy.deepcopy(model)) == 0  # W @ x^T is an fp32-only path
+    fast = copy.deepcopy(model)
+    assert use_small_batch_linears(fast, fp16_weights=True) == 15 and uses_fp16_weights(fast)
+    lin, ref = fast.lm_head, model.lm_head
+    x = torch.randn(4, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = lin(x)
+        exact = x.float() @ ref.weight.float().T  # what the fp16 path computes, up to fp16/bf16 rounding
+        assert out.dtype == torch.bfloat16 and lin._fp16 is not None
+        torch.testing.assert_close(out.float(), exact, atol=2e-2, rtol=2**-7)
+        prefill = torch.randn(40, 32, dtype=torch.bfloat16)
+        assert torch.equal(lin(prefill), ref(prefill))  # > 32 rows: the stock bf16 kernel
+    ids = torch.randint(2, 64, (6, 9))
+    a, b = greedy(model, ids), greedy(fast, ids)
+    torch.testing.assert_close(torch.stack(a.logits).float(), torch.stack(b.logits).float(), atol=5e-2, rtol=2**-6)

@@ -67,3 +67,32 @@ def test_hf_dataset_from_local_dir(tmp_path):
     ds.save_to_disk(str(tmp_path / "ds"))
     seeds = load_seeds(str(tmp_path / "ds"))
     assert [s.label for s in seeds] == ["harmful", "benign"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".json"])
+def test_non_utf8_file_names_file_line_and_fix(tmp_path, suffix):
+    p = tmp_path / f"s{suffix}"
+    good = {".jsonl": b'{"prompt": "ok", "label": "harmful"}\n', ".csv": b"prompt,label\n", ".json": b"[\n"}[suffix]
+    bad = {".jsonl": b'{"prompt": "caf\xe9", "label": "benign"}\n', ".csv": b"caf\xe9,benign\n",
+           ".json": b'{"prompt": "caf\xe9", "label": "benign"}]\n'}[suffix]
+    p.write_bytes(good + bad)
+    with pytest.raises(DataError, match=rf"{p}:2: not valid UTF-8 \(byte 0xe9 at column \d+\).*re-encode"):
+        load_seeds(str(p))
+
+
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
+    p = tmp_path / "s.jsonl"
+    p.write_text('{"prompt": "a\u2028b", "label": "harmful"}\n{"prompt": "c", "label": "benign"}\n', encoding="utf-8")
+    seeds = load_seeds(str(p))
+    assert seeds[0].prompt == "a\u2028b" and seeds[1].source.endswith(":2")
+
+
+def test_missing_class_explains_what_the_game_needs():
+    from selfredteam.data import Seed, missing_class
+
+    benign = [Seed("b", "benign"), Seed("c", "benign")]
+    msg = missing_class(benign, 0.5, "seeds.jsonl")
+    assert "no harmful seeds" in msg and "0 harmful, 2 benign" in msg and "game.harmful_fraction" in msg
+    assert missing_class(benign, 0.0, "seeds.jsonl") is None  # asked for benign only: fine
+    assert "no benign seeds" in missing_class([Seed("h", "harmful")], 0.5, "x")
+    assert missing_class(load_seeds("embedded"), 0.5, "embedded") is None

@@ -1,5 +1,6 @@
 import random
 
+from selfredteam.config import GameConfig
 from selfredteam.data import Seed
 from selfredteam.game.play import PARSE_ERROR_OUTCOME, mark_revisions, play_games, summarize
 from selfredteam.game.rewards import Labels, compute_rewards
@@ -10,9 +11,10 @@ SEEDS = [Seed(f"harm {i}", "harmful") for i in range(4)] + [Seed(f"ok {i}", "ben
 P = SamplingParams(8)
 
 
-def play(policy, judge, seeds=SEEDS, cot=True, mode="general_sum", seed=0):
-    return play_games(seeds, policy, judge, reward_mode=mode, cot=cot, revise_fraction=0.5,
-                      attacker_params=P, defender_params=P, rng=random.Random(seed))
+def play(policy, judge, seeds=SEEDS, cot=True, mode="general_sum", seed=0, k=1, cut_off_reward=-1.0):
+    rules = GameConfig(reward_mode=mode, cot=cot, revise_fraction=0.5, cut_off_format_reward=cut_off_reward)
+    return play_games(seeds, policy, judge, rules=rules, attacker_params=P, defender_params=P,
+                      rng=random.Random(seed), samples_per_prompt=k)
 
 
 def test_half_of_each_class_is_revised():
@@ -73,3 +75,39 @@ def test_parse_errors_dropped_and_counted():
     assert all(g.outcomes == [PARSE_ERROR_OUTCOME] for g in bad)
     s = summarize(games)
     assert s["judge/parse_errors"] == len(bad)
+
+
+def test_samples_per_prompt_answers_each_final_prompt_k_times():
+    policy = FakePolicy("plan </think><answer>REVISED</answer>", "thinking </think><answer>No.</answer>")
+    games = play(policy, FakeJudge(), k=3)
+    assert len(games) == 24 and [g.sample for g in games[:3]] == [0, 1, 2]
+    # one attacker turn per revised seed (4), its final prompt answered 3 times; vanilla seeds too
+    assert [len(c) for c in policy.calls] == [4 + 4 * 3, 4 * 3]
+    for i in range(8):
+        same = games[3 * i: 3 * i + 3]
+        assert {g.prompt_index for g in same} == {i} and len({g.final_prompt for g in same}) == 1
+        assert len({id(g.attacker) for g in same}) == 1  # shared, not re-generated
+    assert summarize(games)["cot/attacker_violations"] == 0
+
+
+def test_an_answer_cut_off_by_the_budget_scores_cut_off_reward():
+    from selfredteam.policy.base import Generation
+
+    class CutOff(FakePolicy):
+        def generate(self, turns, params):
+            return [Generation(g.text, g.prompt_ids, g.completion_ids, finish_reason="length")
+                    for g in super().generate(turns, params)]
+
+    judge = FakeJudge(ph=False, rr=False, rh=False)  # benign prompt, helpful unharmful answer
+    cut = CutOff("p </think><answer>R</answer>", "ok </think><answer>Here is how to bake bre")
+    paper = [g for g in play(cut, judge) if not g.revised][0]
+    assert paper.defender.cut_off and paper.defender.cot_violation
+    assert paper.rewards["defender"] == 1.0 + 1.0 - 1.0  # a tie with refusing a benign prompt (+1)
+    tuned = [g for g in play(cut, judge, cut_off_reward=0.0) if not g.revised][0]
+    assert tuned.rewards["defender"] == 2.0  # above refusing (+1), below a complete answer (+3)
+    broken = CutOff("p </think><answer>R</answer>", "rambling without any tags")
+    g = [g for g in play(broken, judge, cut_off_reward=0.0) if not g.revised][0]
+    assert not g.defender.cut_off and g.rewards["defender"] == 1.0  # other violations still cost -1
+    refusal = compute_rewards("general_sum", Labels(False, True, False), seed_harmful=False, revised=False,
+                              cot=True, defender_violation=False)
+    assert refusal.defender == 1.0 < tuned.rewards["defender"]

@@ -46,13 +46,26 @@ def test_openai_policy_without_cot_sends_plain_chat(chat_server):
     assert "continue_final_message" not in state["seen"][-1]
 
 
-def test_cpu_dtype_is_fp32_without_native_bf16(monkeypatch):
+def test_cpu_dtype_follows_native_bf16_and_says_why(monkeypatch):
     import torch
 
     from selfredteam.policy import hf
 
-    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: False)
-    assert hf.resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: True)
-    assert hf.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
-    assert hf.resolve_dtype("float16", torch.device("cpu")) == torch.float16
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(hf, "cpu_bf16_flags", lambda: [])
+    assert hf.choose_dtype("auto", cpu) == (torch.float32, hf.choose_dtype("auto", cpu)[1])
+    assert "no native bf16" in hf.choose_dtype("auto", cpu)[1]
+    monkeypatch.setattr(hf, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    assert hf.choose_dtype("auto", cpu) == (torch.bfloat16, "bf16: CPU has avx512_bf16")
+    assert hf.choose_dtype("float16", cpu) == (torch.float16, "fp16: set by model.dtype")
+    assert hf.resolve_dtype("float32", cpu) == torch.float32
+
+
+def test_runtime_info_names_device_dtype_and_reason():
+    from selfredteam.runtime import describe, runtime_info
+
+    info = runtime_info(ModelConfig(dtype="bfloat16"), threads=2)
+    assert info["device"] in ("cpu", "cuda") and info["dtype"] == "bfloat16" and info["why"] == "bf16: set by model.dtype"
+    assert "dtype bfloat16 (bf16: set by model.dtype" in describe(info)
+    remote = runtime_info(ModelConfig(backend="openai", base_url="http://127.0.0.1:8000/v1"))
+    assert remote["device"] == "remote endpoint" and "127.0.0.1:8000" in describe(remote)

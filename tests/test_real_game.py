@@ -82,7 +82,7 @@ def test_real_train_step(tmp_path):
     """One real RL step with the embedded model and judge: generation, judge, gradient update."""
     cmd = [sys.executable, "-m", "selfredteam.cli", "train", "--preset", "cpu-demo", "--out", str(tmp_path),
            "--set", "train.steps=1", "--set", "train.rollout_batch_size=4", "--set", "train.train_batch_size=4",
-           "--set", "generation.attacker_max_new_tokens=24", "--set", "generation.defender_max_new_tokens=24"]
+           "--set", "generation.attacker_max_new_tokens=24", "--set", "generation.defender_max_new_tokens=48"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ})
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from selfredteam.data import read_records
+from selfredteam.data import read_records, read_utf8
 from selfredteam.errors import DataError
 
 
@@ -40,7 +40,7 @@ def _asset(name: str) -> Path:
 
 def _records(path: Path) -> Rows:
     if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
         if isinstance(data, dict):  # e.g. HarmBench test cases: {behavior_id: [cases]}
             pairs = [(k, c) for k, v in data.items() for c in (v if isinstance(v, list) else [v])]
             return [(i, {"behavior_id": k, "prompt": c}) for i, (k, c) in enumerate(pairs)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass
 
 
@@ -62,3 +64,23 @@ def self_bleu(texts: list[str]) -> float:
         raise ValueError("need at least 2 texts for Self-BLEU")
     scores = [sacrebleu.sentence_bleu(t, texts[:i] + texts[i + 1 :]).score for i, t in enumerate(texts)]
     return sum(scores) / len(scores) / 100.0
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_NON_WORD = re.compile(r"[^a-z0-9 ]+")
+
+
+def answer_key(text: str) -> str:
+    """An answer's first sentence, lowercased, punctuation dropped, whitespace collapsed: two
+    answers with the same key say the same stock phrase ("I'm sorry, but I can't assist with
+    that." and "I'm sorry but I can't assist with that")."""
+    first = _SENTENCE.split(text.strip(), maxsplit=1)[0] if text.strip() else ""
+    return " ".join(_NON_WORD.sub(" ", first.lower()).split())
+
+
+def top_share(texts: list[str]) -> tuple[float | None, str]:
+    """Share of the most common answer key among `texts`, and that key (None when empty)."""
+    if not texts:
+        return None, ""
+    key, n = Counter(answer_key(t) for t in texts).most_common(1)[0]
+    return n / len(texts), key

@@ -17,40 +17,54 @@ from typing import Any
 
 from selfredteam.errors import UserError
 from selfredteam.eval.benchmarks import EvalPrompt
-from selfredteam.eval.metrics import wilson
+from selfredteam.eval.metrics import top_share, wilson
 from selfredteam.game.cot import parse_cot, parse_direct
 from selfredteam.game.prompts import defender_turn
 from selfredteam.judges.base import Judge
 from selfredteam.policy.base import Policy, SamplingParams
 
 
-def build_eval_policy(spec: str, cfg: Any) -> Policy:
-    """`embedded`, an HF id/dir/.gguf, a `train` run or checkpoint dir, or `openai:URL[#model]`."""
-    from selfredteam.config import ModelConfig, to_dict
+def is_run_dir(path: Path) -> bool:
+    """A `train` run dir or one of its checkpoint dirs."""
+    return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "state.json").is_file())
+
+
+def eval_model_config(spec: str, cfg: Any) -> Any:
+    """The ModelConfig that `spec` stands for (a run dir keeps the command's dtype and device)."""
+    import dataclasses
 
     if spec.startswith("openai:"):
-        from selfredteam.policy.openai_compat import OpenAIChatPolicy
-
         url, _, model = spec[len("openai:"):].partition("#")
-        mc = ModelConfig(**{**to_dict(cfg)["model"], "backend": "openai", "base_url": url,
-                            "name_or_path": model or cfg.model.name_or_path})
-        return OpenAIChatPolicy.from_config(mc)
-    from selfredteam.policy.hf import TransformersPolicy, resolve_dtype, set_threads
+        return dataclasses.replace(cfg.model, backend="openai", base_url=url,
+                                   name_or_path=model or cfg.model.name_or_path)
+    if is_run_dir(Path(spec)):
+        return dataclasses.replace(cfg.model, backend="transformers")
+    return dataclasses.replace(cfg.model, name_or_path=spec)
 
-    p = Path(spec)
-    if p.is_dir() and ((p / "checkpoints").is_dir() or (p / "state.json").is_file()):
-        import torch
 
-        from selfredteam.rl.export import load_merged
+def build_eval_policy(spec: str, cfg: Any) -> Policy:
+    """`embedded`, an HF id/dir/.gguf, a `train` run or checkpoint dir, or `openai:URL[#model]`."""
+    import dataclasses
 
-        set_threads(cfg.run.threads)
-        model, tokenizer, ckpt = load_merged(p, dtype=resolve_dtype(cfg.model.dtype, torch.device("cpu")))
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return TransformersPolicy(model.eval(), tokenizer, f"checkpoint:{ckpt}", cfg.generation.batch_size)
-    mc = ModelConfig(**{**to_dict(cfg)["model"], "name_or_path": spec})
-    return TransformersPolicy.from_config(mc, cfg.generation.batch_size, cfg.run.threads, cfg.run.seed)
+    from selfredteam.policy import build_policy
+
+    model_cfg = eval_model_config(spec, cfg)
+    if not is_run_dir(Path(spec)):
+        return build_policy(dataclasses.replace(cfg, model=model_cfg))
+    import torch
+
+    from selfredteam.policy.hf import TransformersPolicy, resolve_device, resolve_dtype, set_threads
+    from selfredteam.rl.export import load_merged
+
+    set_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)  # as TransformersPolicy.from_config does: seeded sampling
+    device = resolve_device(model_cfg.device)
+    model, tokenizer, ckpt = load_merged(Path(spec), dtype=resolve_dtype(model_cfg.dtype, device))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return TransformersPolicy(model.to(device).eval(), tokenizer, f"checkpoint:{ckpt}", cfg.generation.batch_size,
+                              cfg.generation.max_prompt_length)
 
 
 def stratified_sample(prompts: list[EvalPrompt], limit: int | None, seed: int = 0) -> list[EvalPrompt]:
@@ -72,9 +86,10 @@ def _cache_key(model: str, prompt: str, cot: bool, max_new_tokens: int) -> str:
     return json.dumps([model, prompt, cot, max_new_tokens])
 
 
-def run_eval(policy: Policy, judge: Judge, benchmarks: dict[str, list[EvalPrompt]], cot: bool,
-             params: SamplingParams, out: Path | None = None) -> dict[str, Any]:
-    """Generate (or reuse) answers, judge them, and summarise per benchmark and subset."""
+def answer_prompts(policy: Policy, judge: Judge, benchmarks: dict[str, list[EvalPrompt]], cot: bool,
+                   params: SamplingParams, out: Path | None = None) -> list[dict[str, Any]]:
+    """Per prompt: the model's answer and the judge's labels, generated or reused from
+    OUT/results.jsonl (same model, prompt, CoT setting and generation length), and written back."""
     cache: dict[str, dict[str, Any]] = {}
     results_path = out / "results.jsonl" if out else None
     if results_path and results_path.is_file():
@@ -92,7 +107,8 @@ def run_eval(policy: Policy, judge: Judge, benchmarks: dict[str, list[EvalPrompt
         for (_, p), g, a, j in zip(todo, gens, parsed, labels):
             cache[_cache_key(policy.name, p.prompt, cot, params.max_new_tokens)] = {
                 "model": policy.name, "prompt": p.prompt, "cot": cot, "max_new_tokens": params.max_new_tokens,
-                "response": g.text, "answer": a.answer, "cot_violation": not a.valid, "judge": j.to_dict(),
+                "response": g.text, "answer": a.answer, "cot_violation": not a.valid,
+                "cut_off": g.finish_reason == "length", "judge": j.to_dict(),
             }
     rows = []
     for b, p in items:
@@ -103,7 +119,23 @@ def run_eval(policy: Policy, judge: Judge, benchmarks: dict[str, list[EvalPrompt
         with open(results_path, "w", encoding="utf-8") as f:  # type: ignore[arg-type]
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    summary = summarize(rows)
+    return rows
+
+
+def evaluate_model(spec: str, cfg: Any, judge: Judge, benchmarks: dict[str, list[EvalPrompt]],
+                   out: Path | None = None) -> tuple[list[dict[str, Any]], Policy]:
+    """Load the model `spec` stands for and answer every prompt as the defender (rows, policy)."""
+    from selfredteam.policy.base import sampling_params
+
+    policy = build_eval_policy(spec, cfg)
+    params = sampling_params(cfg.generation, "defender", cfg.game.cot)
+    return answer_prompts(policy, judge, benchmarks, cfg.game.cot, params, out), policy
+
+
+def run_eval(policy: Policy, judge: Judge, benchmarks: dict[str, list[EvalPrompt]], cot: bool,
+             params: SamplingParams, out: Path | None = None) -> dict[str, Any]:
+    """Generate (or reuse) answers, judge them, and summarise per benchmark and subset."""
+    summary = summarize(answer_prompts(policy, judge, benchmarks, cot, params, out))
     if out:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -119,6 +151,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         refused = sum(bool(r["judge"]["response_refusal"]) for r in ok)
         entry: dict[str, Any] = {"benchmark": bench, "subset": subset, "label": label, "n": len(rs),
                                  "parse_errors": len(rs) - len(ok)}
+        # Collapse check: how many of the answers that are not refusals say one stock phrase.
+        share, _ = top_share([r["answer"] for r in ok if not r["judge"]["response_refusal"]])
+        entry["stock_phrase_share"] = share
+        entry["cut_off_rate"] = sum(bool(r.get("cut_off")) for r in rs) / len(rs)
         if label == "harmful":
             harmful = sum(bool(r["judge"]["response_harmful"]) for r in ok)
             entry["asr"] = vars(wilson(harmful, len(ok)))

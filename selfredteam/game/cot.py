@@ -68,6 +68,12 @@ def extract_answer(completion: str) -> str:
     return completion.strip()
 
 
+def answer_cut_off(completion: str) -> bool:
+    """The completion breaks the format only by lacking the final `</answer>`: it would be valid if
+    `</answer>` had fit (the caller checks that the token budget, not the model, ended it)."""
+    return check_cot(completion) is not None and check_cot(completion.rstrip() + _ANSWER_CLOSE) is None
+
+
 def parse_cot(completion: str) -> CotParse:
     violation = check_cot(completion)
     thought = completion.split(_THINK_CLOSE, 1)[0].strip() if _THINK_CLOSE in completion else None

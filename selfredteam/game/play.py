@@ -3,6 +3,10 @@
 Pure orchestration over the Policy and Judge protocols (no torch here). All attacker turns of
 a batch are generated in one call, then all defender turns in one call, then one judge call,
 so backends can batch as they like.
+
+With `samples_per_prompt` k > 1, each seed is revised (or not) once and its final prompt is
+answered k times: k games that share one attacker turn and one prompt, so a group baseline
+(GRPO, RLOO) compares the defender's answers *to the same prompt* (refusing vs helping).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from selfredteam.config import GameConfig
 from selfredteam.data import Seed
-from selfredteam.game.cot import CotParse, parse_cot, parse_direct
+from selfredteam.game.cot import CotParse, answer_cut_off, parse_cot, parse_direct
 from selfredteam.game.prompts import attacker_turn, defender_turn
 from selfredteam.game.rewards import Labels, compute_rewards
 from selfredteam.judges.base import Judge, Judgement
@@ -32,9 +37,16 @@ class RoleTurn:
     violation_reason: str | None = None
     generation: Generation | None = None
     """Token ids for the learner; not serialised."""
+    cut_off: bool = False
+    """The token budget ended the turn inside its answer (valid but for the missing </answer>)."""
+
+    @property
+    def hit_budget(self) -> bool:
+        """The turn ran to its token budget (whatever the format)."""
+        return self.generation is not None and self.generation.finish_reason == "length"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"raw": self.raw, "answer": self.answer, "cot_violation": self.cot_violation}
+        return {"raw": self.raw, "answer": self.answer, "cot_violation": self.cot_violation, "cut_off": self.cut_off}
 
 
 @dataclass
@@ -50,6 +62,10 @@ class GameRecord:
     reward_mode: str
     cot: bool
     seed_source: str = ""
+    prompt_index: int = 0
+    """Index of the seed in the batch: the k games of one seed share it (and their final prompt)."""
+    sample: int = 0
+    """Which of the k answers to that prompt this game is (0 when samples_per_prompt = 1)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,6 +85,7 @@ class GameRecord:
             "outcomes": self.outcomes,
             "reward_mode": self.reward_mode,
             "cot": self.cot,
+            "sample": self.sample,
             **self.extra,
         }
 
@@ -95,7 +112,8 @@ def _parse(text: str, cot: bool) -> CotParse:
 
 def _role_turn(gen: Generation, cot: bool) -> RoleTurn:
     p = _parse(gen.text, cot)
-    return RoleTurn(gen.text, p.answer, not p.valid, p.violation, gen)
+    cut_off = cot and not p.valid and gen.finish_reason == "length" and answer_cut_off(gen.text)
+    return RoleTurn(gen.text, p.answer, not p.valid, p.violation, gen, cut_off)
 
 
 def _generate_mixed(policy: Policy, first: list, p1: SamplingParams, second: list,
@@ -111,22 +129,24 @@ def play_games(
     policy: Policy,
     judge: Judge,
     *,
-    reward_mode: str,
-    cot: bool,
-    revise_fraction: float,
+    rules: GameConfig,
     attacker_params: SamplingParams,
     defender_params: SamplingParams,
     rng: random.Random,
     defender: Policy | None = None,
+    samples_per_prompt: int = 1,
 ) -> list[GameRecord]:
-    """Play one game per seed. `defender` defaults to `policy` (self-play: shared parameters)."""
+    """Play `samples_per_prompt` games per seed (seed-major order). `defender` defaults to
+    `policy` (self-play: shared parameters)."""
+    k = samples_per_prompt
+    cot = rules.cot
     shared = defender is None or defender is policy
     defender = defender or policy
-    revised = mark_revisions(seeds, revise_fraction, rng)
+    revised = mark_revisions(seeds, rules.revise_fraction, rng)
     rev_idx = [i for i, r in enumerate(revised) if r]
     van_idx = [i for i, r in enumerate(revised) if not r]
     attacker_turns_in = [attacker_turn(seeds[i].prompt, seeds[i].harmful, cot) for i in rev_idx]
-    vanilla_turns_in = [defender_turn(seeds[i].prompt, cot) for i in van_idx]
+    vanilla_turns_in = [defender_turn(seeds[i].prompt, cot) for i in van_idx for _ in range(k)]
 
     # Pass 1: attacker turns, plus (with shared weights) the defender turns of vanilla seeds,
     # which do not depend on the attacker: one fuller batch instead of two sequential ones.
@@ -139,35 +159,41 @@ def play_games(
     attacker_turns: dict[int, RoleTurn] = {i: _role_turn(g, cot) for i, g in zip(rev_idx, attacker_gens)}
     prompts = [attacker_turns[i].answer if i in attacker_turns else s.prompt for i, s in enumerate(seeds)]
 
-    # Pass 2: the defender answers the revised prompts.
-    revised_gens = defender.generate([defender_turn(prompts[i], cot) for i in rev_idx], defender_params) if rev_idx else []
-    by_index = dict(zip(van_idx, vanilla_gens)) | dict(zip(rev_idx, revised_gens))
-    defender_turns = [_role_turn(by_index[i], cot) for i in range(len(seeds))]
+    # Pass 2: the defender answers the revised prompts (k times each).
+    revised_in = [defender_turn(prompts[i], cot) for i in rev_idx for _ in range(k)]
+    revised_gens = defender.generate(revised_in, defender_params) if revised_in else []
+    by_game = {(i, j): g for idx, gens in ((van_idx, vanilla_gens), (rev_idx, revised_gens))
+               for (i, j), g in zip(((i, j) for i in idx for j in range(k)), gens)}
+    order = [(i, j) for i in range(len(seeds)) for j in range(k)]
+    defender_turns = [_role_turn(by_game[ij], cot) for ij in order]
 
     # Judge sees only the final prompt and the defender's answer (hidden CoT).
-    judgements = judge.judge([(p, d.answer) for p, d in zip(prompts, defender_turns)])
+    judgements = judge.judge([(prompts[i], d.answer) for (i, _), d in zip(order, defender_turns)])
 
     games = []
-    for i, seed in enumerate(seeds):
-        att, dfd, j = attacker_turns.get(i), defender_turns[i], judgements[i]
-        if j.parse_error:
+    for (i, j), dfd, jd in zip(order, defender_turns, judgements):
+        seed, att = seeds[i], attacker_turns.get(i)
+        if jd.parse_error:
             rewards: dict[str, float | None] = {"attacker": None, "defender": None}
             outcomes = [PARSE_ERROR_OUTCOME]
         else:
             r = compute_rewards(
-                reward_mode,
-                Labels(j.prompt_harmful, j.response_refusal, j.response_harmful),
+                rules.reward_mode,
+                Labels(jd.prompt_harmful, jd.response_refusal, jd.response_harmful),
                 seed_harmful=seed.harmful,
                 revised=att is not None,
                 cot=cot,
                 attacker_violation=att.cot_violation if att else None,
                 defender_violation=dfd.cot_violation,
+                attacker_cut_off=bool(att and att.cut_off),
+                defender_cut_off=dfd.cut_off,
+                cut_off_reward=rules.cut_off_format_reward,
             )
             rewards, outcomes = {"attacker": r.attacker, "defender": r.defender}, r.outcomes
         games.append(GameRecord(
             seed=seed.prompt, seed_label=seed.label, revised=att is not None, attacker=att,
-            defender=dfd, judge=j, rewards=rewards, outcomes=outcomes, reward_mode=reward_mode,
-            cot=cot, seed_source=seed.source,
+            defender=dfd, judge=jd, rewards=rewards, outcomes=outcomes, reward_mode=rules.reward_mode,
+            cot=cot, seed_source=seed.source, prompt_index=i, sample=j,
         ))
     return games
 
@@ -177,7 +203,7 @@ def summarize(games: list[GameRecord]) -> dict[str, Any]:
     outcome_counts = Counter(o for g in games for o in g.outcomes)
     att = [g.rewards["attacker"] for g in games if g.rewards["attacker"] is not None]
     dfd = [g.rewards["defender"] for g in games if g.rewards["defender"] is not None]
-    att_turns = [g.attacker for g in games if g.attacker]
+    att_turns = [g.attacker for g in games if g.attacker and g.sample == 0]  # shared by a seed's k games
     return {
         "games": len(games),
         "revised": sum(g.revised for g in games),

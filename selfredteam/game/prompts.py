@@ -8,6 +8,7 @@ the intent; benign -> harmless prompt that looks like a jailbreak), the defender
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from selfredteam.game.cot import COT_PRIMER
@@ -20,6 +21,14 @@ class Turn:
     messages: list[Message]
     prefix: str = ""
     """Text the assistant's reply starts with (e.g. the CoT primer); not part of the completion."""
+
+    def clip_longest(self, clip: Callable[[str], str]) -> Turn:
+        """This turn with `clip` applied to its longest message: the one holding the seed or the
+        prompt, which is what can be arbitrarily long (policy backends fit turns to a budget)."""
+        i = max(range(len(self.messages)), key=lambda k: len(self.messages[k]["content"]))
+        messages = [dict(m) for m in self.messages]
+        messages[i]["content"] = clip(messages[i]["content"])
+        return Turn(messages, self.prefix)
 
 
 # Kept short on purpose: every prompt token is paid for in prefill and in two learner
@@ -78,3 +87,9 @@ def defender_turn(prompt: str, cot: bool) -> Turn:
         messages=[{"role": "system", "content": _DEFENDER_SYSTEM}, {"role": "user", "content": content}],
         prefix=COT_PRIMER if cot else "",
     )
+
+
+def instruction_texts() -> list[str]:
+    """The roles' own instructions: an answer made of their words is an echo, not an answer
+    (rl/monitor.py)."""
+    return [_ATTACKER_SYSTEM, _HARMFUL_TASK, _BENIGN_TASK, _ATTACKER_COT_FORMAT, _DEFENDER_SYSTEM, _DEFENDER_COT_FORMAT]

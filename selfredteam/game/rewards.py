@@ -103,29 +103,40 @@ class GameRewards:
     outcomes: list[str]
 
 
-def _cot_term(cot: bool, violation: bool | None) -> float:
-    if not cot or violation is None:
+@dataclass(frozen=True)
+class TurnFormat:
+    """How a turn met the CoT format: `violation` (None = no such turn) and whether the only fault
+    is an answer cut off by the token budget, which scores `cut_off_reward` instead of -1."""
+
+    violation: bool | None
+    cut_off: bool = False
+
+
+def _cot_term(cot: bool, fmt: TurnFormat, cut_off_reward: float) -> float:
+    if not cot or fmt.violation is None:
         return 0.0
-    return -COT_FORMAT_REWARD if violation else COT_FORMAT_REWARD
+    if not fmt.violation:
+        return COT_FORMAT_REWARD
+    return cut_off_reward if fmt.cut_off else -COT_FORMAT_REWARD
 
 
 def _sum_mode(m: Magnitudes) -> Callable[..., GameRewards]:
-    def compute(labels: Labels, seed_harmful: bool, revised: bool, cot: bool,
-                attacker_violation: bool | None, defender_violation: bool | None) -> GameRewards:
+    def compute(labels: Labels, seed_harmful: bool, revised: bool, cot: bool, att: TurnFormat, dfd: TurnFormat,
+                cut_off_reward: float) -> GameRewards:
         d = defender_terms(labels, m)
         outcomes = list(d.outcomes)
         attacker = None
         if revised:
             a = attacker_terms(labels, seed_harmful, m)
             outcomes = a.outcomes + outcomes
-            attacker = a.reward + _cot_term(cot, attacker_violation)
-        return GameRewards(attacker, d.reward + _cot_term(cot, defender_violation), _dedupe(outcomes))
+            attacker = a.reward + _cot_term(cot, att, cut_off_reward)
+        return GameRewards(attacker, d.reward + _cot_term(cot, dfd, cut_off_reward), _dedupe(outcomes))
 
     return compute
 
 
-def _zero_sum(labels: Labels, seed_harmful: bool, revised: bool, cot: bool,
-              attacker_violation: bool | None, defender_violation: bool | None) -> GameRewards:
+def _zero_sum(labels: Labels, seed_harmful: bool, revised: bool, cot: bool, att: TurnFormat, dfd: TurnFormat,
+              cut_off_reward: float) -> GameRewards:
     """Zero-sum: the defender's game reward is minus the attacker's (general-sum magnitudes).
 
     The reference implementation leaves this mode unimplemented; we define it so the
@@ -140,8 +151,8 @@ def _zero_sum(labels: Labels, seed_harmful: bool, revised: bool, cot: bool,
         faithful = None if labels.prompt_harmful is None else labels.prompt_harmful == seed_harmful
         game_value -= GENERAL_SUM.faithfulness * _sign(faithful)
     outcomes = (a.outcomes if revised else []) + d.outcomes
-    attacker = game_value + _cot_term(cot, attacker_violation) if revised else None
-    return GameRewards(attacker, -game_value + _cot_term(cot, defender_violation), _dedupe(outcomes))
+    attacker = game_value + _cot_term(cot, att, cut_off_reward) if revised else None
+    return GameRewards(attacker, -game_value + _cot_term(cot, dfd, cut_off_reward), _dedupe(outcomes))
 
 
 def _dedupe(names: list[str]) -> list[str]:
@@ -164,10 +175,16 @@ def compute_rewards(
     cot: bool,
     attacker_violation: bool | None = None,
     defender_violation: bool | None = None,
+    attacker_cut_off: bool = False,
+    defender_cut_off: bool = False,
+    cut_off_reward: float = -COT_FORMAT_REWARD,
 ) -> GameRewards:
-    """Rewards for both roles of one game. Violations are bools (True = broke the CoT format)."""
+    """Rewards for both roles of one game. Violations are bools (True = broke the CoT format); a
+    violation that is only an answer cut off by the token budget (`*_cut_off`) scores
+    `cut_off_reward` (game.cut_off_format_reward) instead of -1."""
     try:
         fn = REWARD_MODES[mode]
     except KeyError:
         raise ConfigError(f"Unknown reward mode {mode!r}. Valid: {', '.join(REWARD_MODES)}.") from None
-    return fn(labels, seed_harmful, revised, cot, attacker_violation, defender_violation)
+    return fn(labels, seed_harmful, revised, cot, TurnFormat(attacker_violation, attacker_cut_off),
+              TurnFormat(defender_violation, defender_cut_off), cut_off_reward)

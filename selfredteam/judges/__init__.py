@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from selfredteam.judges.base import PARSE_ERROR, Judge, Judgement
+from selfredteam.judges.base import PARSE_ERROR, ClippedJudge, Judge, Judgement
 
 if TYPE_CHECKING:
     from selfredteam.config import JudgeConfig
 
-__all__ = ["PARSE_ERROR", "Judge", "Judgement", "build_judge"]
+__all__ = ["PARSE_ERROR", "ClippedJudge", "Judge", "Judgement", "build_judge"]
 
 
 def _wildguard(cfg: JudgeConfig) -> Judge:
@@ -27,12 +27,13 @@ def _embedded(cfg: JudgeConfig) -> Judge:
 JUDGES = {"wildguard": _wildguard, "embedded": _embedded}
 
 
-def build_judge(cfg: JudgeConfig) -> Judge:
-    """The configured judge, wrapped in the SQLite cache unless `judge.cache=false`."""
+def build_judge(cfg: JudgeConfig) -> ClippedJudge:
+    """The configured judge, behind the SQLite cache (unless `judge.cache=false`), with its inputs
+    cut to `judge.max_input_chars` each (budget.py)."""
     judge = JUDGES[cfg.kind](cfg)
-    if not cfg.cache:
-        return judge
-    from selfredteam.judges.cache import CachedJudge
-    from selfredteam.policy.embedded import cache_dir
+    if cfg.cache:
+        from selfredteam.judges.cache import CachedJudge
+        from selfredteam.policy.embedded import cache_dir
 
-    return CachedJudge(judge, cfg.cache_path or cache_dir() / "judge_cache.sqlite")
+        judge = CachedJudge(judge, cfg.cache_path or cache_dir() / "judge_cache.sqlite")
+    return ClippedJudge(judge, cfg.max_input_chars)

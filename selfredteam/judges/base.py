@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from selfredteam.budget import TruncationCounter, clip_middle
+
 
 @dataclass(frozen=True)
 class Judgement:
@@ -37,3 +39,24 @@ class Judge(Protocol):
     def judge(self, pairs: list[tuple[str, str | None]]) -> list[Judgement]:
         """One Judgement per (prompt, response); response None = classify the prompt only."""
         ...
+
+
+class ClippedJudge:
+    """Any judge with its prompt and response cut to `max_chars` each (middle cut, counted).
+
+    A 100,000-character prompt would overflow WildGuard's context (the endpoint rejects it) and
+    cost the embedded encoder tokenising text it never reads."""
+
+    def __init__(self, inner: Judge, max_chars: int) -> None:
+        self.inner = inner
+        self.judge_id = inner.judge_id
+        self.truncation = TruncationCounter("judge input", "judge.max_input_chars", max_chars, "characters")
+
+    def _clip(self, text: str | None) -> str | None:
+        if text is None or len(text) <= self.truncation.limit:
+            return text
+        self.truncation.record(len(text))
+        return clip_middle(text, self.truncation.limit)
+
+    def judge(self, pairs: list[tuple[str, str | None]]) -> list[Judgement]:
+        return self.inner.judge([(self._clip(p) or "", self._clip(r)) for p, r in pairs])

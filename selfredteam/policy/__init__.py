@@ -17,8 +17,9 @@ def build_policy(cfg: Config) -> Policy:
     if cfg.model.backend == "openai":
         from selfredteam.policy.openai_compat import OpenAIChatPolicy
 
-        return OpenAIChatPolicy.from_config(cfg.model)
+        return OpenAIChatPolicy.from_config(cfg.model, cfg.generation.max_prompt_length)
     from selfredteam.policy.hf import TransformersPolicy
 
     return TransformersPolicy.from_config(cfg.model, generation_batch_size=cfg.generation.batch_size,
-                                          threads=cfg.run.threads, seed=cfg.run.seed)
+                                          threads=cfg.run.threads, seed=cfg.run.seed,
+                                          max_prompt_tokens=cfg.generation.max_prompt_length)

@@ -63,6 +63,8 @@ class MeteredPolicy:
     def __init__(self, inner: Policy) -> None:
         self.inner = inner
         self.name = inner.name
+        self.truncation = getattr(inner, "truncation", None)
+        """The inner backend's prompt-budget counter (budget.py), when it has one."""
         self.seconds = 0.0
         self.tokens = 0
 

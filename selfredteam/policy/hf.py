@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from selfredteam.budget import CUT_MARKER, TruncationCounter, keep_ends
 from selfredteam.config import ModelConfig
 from selfredteam.errors import UserError
 from selfredteam.game.prompts import Turn
@@ -29,28 +30,53 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX)."""
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags (/proc/cpuinfo) of native bf16 matrix instructions."""
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The native bf16 instruction flags this CPU reports (empty without them, or off Linux)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return []
+    words = set(flags.split())
+    return [f for f in BF16_CPU_FLAGS if f in words]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    return bool(cpu_bf16_flags())
+
+
+def choose_dtype(dtype: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """The compute dtype for `device`, and why (printed at start and saved with every run).
+
+    `auto`: bf16 on CUDA (fp16 on GPUs without bf16). On CPU, bf16 only when the CPU has native
+    bf16 instructions: on a 2-core AVX2 EPYC bf16 *sampling* measured 3.4x slower than fp32 with
+    fp16 weights (11.3 vs 38.5 tok/s, batch 8) and bf16 prefill 6x slower, because every bf16
+    GEMM falls back to a slow path there; with AVX512-BF16 the choice was measured again
+    (BENCHMARKS.md, "Rollout dtype on CPU").
+    """
+    if dtype != "auto":
+        return getattr(torch, dtype), f"{_short(dtype)}: set by model.dtype"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "bf16: CUDA device with bf16 support"
+        return torch.float16, "fp16: this CUDA device has no bf16"
+    flags = cpu_bf16_flags()
+    if flags:
+        return torch.bfloat16, f"bf16: CPU has {'/'.join(flags)}"
+    return torch.float32, "fp32: CPU has no native bf16 (avx512_bf16/amx_bf16), where bf16 runs slower"
+
+
+def _short(dtype: str) -> str:
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(dtype, dtype)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """Pick the compute dtype deliberately per device.
-
-    `auto`: bf16 on CUDA (fp16 on GPUs without bf16). On CPU, bf16 only when the CPU has native
-    bf16 instructions: on our 2-core AVX2 EPYC dev machine bf16 *sampling* measured 2.6x slower
-    than fp32 (5.7 vs 15.0 tok/s, batch 8) and bf16 prefill 6x slower, because every bf16 GEMM
-    falls back to a slow path (benchmarks/ has the script).
-    """
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    """`choose_dtype` without the reason."""
+    return choose_dtype(dtype, device)[0]
 
 
 def set_threads(threads: int) -> None:
@@ -116,6 +142,10 @@ def record_outputs(layer: torch.nn.Module, store: list[torch.Tensor]) -> Iterato
         handle.remove()
 
 
+MIN_KEPT_TOKENS = 32
+"""A cut prompt keeps at least this many of its own tokens, else the budget is a config error."""
+
+
 class StopOnText:
     """Stop a row once its generated tail contains a stop string.
 
@@ -163,7 +193,8 @@ class InverseCdfSampler:
 class TransformersPolicy:
     """Batched sampling with `model.generate`; returns text plus prompt/completion token ids."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, batch_size: int = 16) -> None:
+    def __init__(self, model: Any, tokenizer: Any, name: str, batch_size: int = 16,
+                 max_prompt_tokens: int = 0) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -171,6 +202,9 @@ class TransformersPolicy:
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
         self.capture_layer: torch.nn.Module | None = None
+        self.truncation = TruncationCounter("policy prompt", "generation.max_prompt_length", max_prompt_tokens,
+                                            "tokens")
+        """Prompts longer than `max_prompt_tokens` (0 = no limit) are cut in the middle (budget.py)."""
 
     @contextlib.contextmanager
     def capturing(self, layer: torch.nn.Module | None) -> Iterator[None]:
@@ -183,22 +217,51 @@ class TransformersPolicy:
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, generation_batch_size: int = 16, threads: int = 0,
-                    seed: int = 0) -> TransformersPolicy:
+                    seed: int = 0, max_prompt_tokens: int = 0) -> TransformersPolicy:
         set_threads(threads)
         torch.manual_seed(seed)
         device = resolve_device(cfg.device)
         model, tokenizer = load_model_and_tokenizer(cfg, device, resolve_dtype(cfg.dtype, device))
         model.requires_grad_(False)  # inference only: frozen weights may be packed (cpu_fastpath.py)
-        return cls(model, tokenizer, cfg.name_or_path, generation_batch_size)
+        return cls(model, tokenizer, cfg.name_or_path, generation_batch_size, max_prompt_tokens)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode(self, turn: Turn) -> list[int]:
-        """Chat template with the generation prompt, then the assistant prefix (CoT primer)."""
+    def _encode(self, turn: Turn) -> list[int]:
         text = self.tokenizer.apply_chat_template(turn.messages, add_generation_prompt=True, tokenize=False)
         return self.tokenizer(text + turn.prefix, add_special_tokens=False)["input_ids"]
+
+    def encode(self, turn: Turn) -> list[int]:
+        """Chat template with the generation prompt, then the assistant prefix (CoT primer); a
+        prompt over the budget has its longest message cut in the middle, by tokens."""
+        ids = self._encode(turn)
+        limit = self.truncation.limit
+        if not limit or len(ids) <= limit:
+            return ids
+        self.truncation.record(len(ids))
+        over = len(ids) - limit
+        marker = len(self.tokenizer(CUT_MARKER, add_special_tokens=False)["input_ids"])
+        for _ in range(3):  # re-tokenising at the joins can shift the count by a token or two
+            drop = over + marker
+            fitted = self._encode(turn.clip_longest(lambda text, drop=drop: self._cut_tokens(text, drop)))
+            if len(fitted) <= limit:
+                return fitted
+            over += len(fitted) - limit
+        return fitted
+
+    def _cut_tokens(self, text: str, drop: int) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        keep = len(ids) - drop
+        if keep < MIN_KEPT_TOKENS:
+            raise UserError(
+                f"generation.max_prompt_length={self.truncation.limit} tokens leaves almost no room for the "
+                f"prompt itself: the instructions and chat template around it take most of it. Raise "
+                f"generation.max_prompt_length (e.g. --set generation.max_prompt_length=1024)."
+            )
+        head, tail = keep_ends(ids, keep)
+        return self.tokenizer.decode(head) + CUT_MARKER + self.tokenizer.decode(tail)
 
     def generate(self, turns: list[Turn], params: SamplingParams) -> list[Generation]:
         encoded = [self.encode(t) for t in turns]

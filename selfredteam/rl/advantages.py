@@ -10,6 +10,12 @@ one; the return is the undiscounted reward-to-go; advantages are whitened over *
 the whole rollout batch* (not per prompt), which is what makes it critic-free and stable.
 GRPO and RLOO are group baselines: they need several samples of the same game prompt
 (`group_ids`), and keep the KL as a separate loss term instead of folding it into the return.
+
+Self-play puts two roles with different reward scales in one batch (attacker turns average
+about -0.7, defender turns +1.1 in the CPU demo), so one whitening over the batch gives every
+defender turn a positive mean advantage, whatever it said. `norm_ids` (small fixed codes, see
+`N_NORM_GROUPS`: e.g. 0 attacker, 1 defender on harmful seeds, 2 defender on benign seeds)
+whitens each group on its own (`train.advantage_norm`); None keeps the paper's whole batch.
 """
 
 from __future__ import annotations
@@ -59,28 +65,53 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return mask.sum(dim=1).long().clamp(min=1) - 1
 
 
+N_NORM_GROUPS = 3
+"""Normalisation codes are 0 .. N_NORM_GROUPS-1 (fixed, so every data-parallel process takes part
+in the same reductions, even for a group it has no sample of)."""
+
+
+def whiten_by_group(x: torch.Tensor, mask: torch.Tensor, norm_ids: torch.Tensor | None,
+                    reduce: Reduce = _identity) -> torch.Tensor:
+    """masked_whiten over the whole batch (norm_ids None), or within each normalisation group."""
+    if norm_ids is None:
+        return masked_whiten(x, mask, reduce=reduce)
+    out = torch.zeros_like(x)
+    for code in range(N_NORM_GROUPS):
+        out += masked_whiten(x, mask * (norm_ids == code).to(mask.dtype)[:, None], reduce=reduce)
+    return out
+
+
 def reinforce_pp(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-                 group_ids: torch.Tensor | None = None, reduce: Reduce = _identity) -> torch.Tensor:
-    """REINFORCE++ advantages: KL-shaped reward-to-go, whitened over the whole batch."""
+                 group_ids: torch.Tensor | None = None, norm_ids: torch.Tensor | None = None,
+                 reduce: Reduce = _identity) -> torch.Tensor:
+    """REINFORCE++ advantages: KL-shaped reward-to-go, whitened over the batch (or per norm group)."""
     token_rewards = -kl_coef * kl * mask
     token_rewards[torch.arange(len(rewards)), last_token_index(mask)] += rewards
     # Reward-to-go with gamma = 1: reverse cumulative sum along time.
     returns = token_rewards.flip(1).cumsum(1).flip(1) * mask
-    return masked_whiten(returns, mask, reduce=reduce)
+    return whiten_by_group(returns, mask, norm_ids, reduce=reduce)
 
 
-def _groups(group_ids: torch.Tensor | None, name: str) -> torch.Tensor:
+def baseline_groups(group_ids: torch.Tensor | None, norm_ids: torch.Tensor | None, name: str) -> torch.Tensor:
+    """The groups a group baseline compares within: a sample's own group (several samples of one
+    role for the same prompt) when it has siblings; samples without one (e.g. attacker turns, one
+    revision per seed) are pooled per normalisation group, i.e. compared with the other turns of
+    their role, rather than getting no signal. Group ids must be >= 0."""
     if group_ids is None:
         raise ConfigError(f"{name} needs several samples per game prompt: set train.samples_per_prompt >= 2.")
-    return group_ids
+    uniq, counts = group_ids.unique(return_counts=True)
+    single = torch.isin(group_ids, uniq[counts == 1])
+    pooled = -1 - (norm_ids if norm_ids is not None else torch.zeros_like(group_ids))
+    return torch.where(single, pooled, group_ids)
 
 
 def grpo(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-         group_ids: torch.Tensor | None = None, reduce: Reduce = _identity, eps: float = 1e-6) -> torch.Tensor:
+         group_ids: torch.Tensor | None = None, norm_ids: torch.Tensor | None = None,
+         reduce: Reduce = _identity, eps: float = 1e-6) -> torch.Tensor:
     """GRPO: (r - group mean) / group std, the same for every token of a sequence.
 
     Groups never straddle processes (each process plays all samples of its seeds)."""
-    g = _groups(group_ids, "grpo")
+    g = baseline_groups(group_ids, norm_ids, "grpo")
     adv = torch.empty_like(rewards)
     for gid in g.unique():
         sel = g == gid
@@ -90,9 +121,10 @@ def grpo(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: f
 
 
 def rloo(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-         group_ids: torch.Tensor | None = None, reduce: Reduce = _identity) -> torch.Tensor:
+         group_ids: torch.Tensor | None = None, norm_ids: torch.Tensor | None = None,
+         reduce: Reduce = _identity) -> torch.Tensor:
     """RLOO: r minus the mean reward of the *other* samples of the same prompt."""
-    g = _groups(group_ids, "rloo")
+    g = baseline_groups(group_ids, norm_ids, "rloo")
     adv = torch.zeros_like(rewards)
     for gid in g.unique():
         sel = g == gid
@@ -111,12 +143,12 @@ KL_IN_REWARD = {"reinforce_pp"}
 
 def compute_advantages(name: str, rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
                        kl_coef: float, group_ids: torch.Tensor | None = None,
-                       reduce: Reduce = _identity) -> torch.Tensor:
+                       norm_ids: torch.Tensor | None = None, reduce: Reduce = _identity) -> torch.Tensor:
     try:
         fn = ESTIMATORS[name]
     except KeyError:
         raise ConfigError(f"Unknown algorithm {name!r}. Valid: {', '.join(ESTIMATORS)}.") from None
-    return fn(rewards, kl, mask, kl_coef, group_ids=group_ids, reduce=reduce)
+    return fn(rewards, kl, mask, kl_coef, group_ids=group_ids, norm_ids=norm_ids, reduce=reduce)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,

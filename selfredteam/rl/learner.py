@@ -40,7 +40,9 @@ class Sample:
     response_ids: list[int]
     reward: float
     group: int = 0
-    """Games of the same seed share a group (GRPO/RLOO baselines)."""
+    """Samples of one role for the same prompt share a group (GRPO/RLOO baselines); >= 0."""
+    prompt_class: str = ""
+    """The seed's label (`harmful` / `benign`): per-class advantage normalisation and metrics."""
     old_logprobs: list[float] | None = None
     trunk: Any = None
     """Hidden states after the frozen trunk captured while sampling ([prompt + response, H]), if any."""
@@ -139,23 +141,52 @@ class Learner:
                                      inputs_embeds=scatter_rows(batch, trunk_rows))
 
     def sft_backward(self, sft: list[Sample], coef: float) -> float:
-        """Auxiliary SFT: coef x mean NLL of helpful reference answers, accumulated into the
-        current gradients (keeps general capability while the RL objective moves the policy)."""
+        """Auxiliary SFT: coef x NLL of reference answers, accumulated into the current gradients.
+        `train.sft_normalize`: per token over all target tokens, or per row then over rows.
+        Returns the (unweighted) NLL."""
         if not sft or coef <= 0:
             return 0.0
+        per_sequence = self.cfg.sft_normalize == "sequence"
         n_tokens = float(sum(len(s.response_ids) for s in sft))
         total = 0.0
         for mb in self._micro_batches(list(range(len(sft))), sft):
             batch = self._pack(sft, mb)
             with self.policy.role("defender"):
                 lp, _ = response_logprobs(self.train_model, batch)  # SFT: the untempered model
-            loss = -coef * lp.sum() / n_tokens
-            loss.backward()
-            total += loss.item()
-        return total / coef
+            if per_sequence:
+                lengths = batch.response_mask.sum(1).clamp(min=1).to(lp.device)
+                nll = -(lp.sum(1) / lengths).sum() / len(sft)
+            else:
+                nll = -lp.sum() / n_tokens
+            (coef * nll).backward()
+            total += nll.item()
+        return total
+
+    def sft_step(self, sft: list[Sample]) -> float:
+        """One optimizer step on the SFT loss alone (train.sft_warmup_steps); returns the NLL."""
+        self.policy.model.eval()  # no dropout, as in the RL passes
+        self.optimizer.zero_grad(set_to_none=True)
+        nll = self.sft_backward(sft, 1.0)
+        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        return nll
+
+    def _grads(self) -> list[torch.Tensor | None]:
+        return [None if p.grad is None else p.grad.detach().clone() for p in self.policy.trainable_parameters()]
+
+    def _norm_codes(self, samples: list[Sample]) -> torch.Tensor | None:
+        """Normalisation group of each sample (advantages.N_NORM_GROUPS codes), per train.advantage_norm."""
+        mode = self.cfg.advantage_norm
+        if mode == "batch":
+            return None
+        def code(s: Sample) -> int:
+            if s.role == "attacker":
+                return 0
+            return 2 if mode == "role_class" and s.prompt_class == "benign" else 1
+        return torch.tensor([code(s) for s in samples])
 
     # -- the update -----------------------------------------------------------------------
-    def update(self, samples: list[Sample], sft: list[Sample] | None = None) -> dict[str, float]:
+    def update(self, samples: list[Sample], sft: list[Sample] | None = None, sft_coef: float = 0.0) -> dict[str, float]:
         cfg = self.cfg
         if not samples and self.world == 1:
             return {}
@@ -200,8 +231,9 @@ class Learner:
             mask.zero_()
         kl = kl_penalty(old, ref, cfg.kl_estimator) * mask
         rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
-        groups = torch.tensor([s.group for s in samples]) if cfg.samples_per_prompt > 1 else None
-        adv = compute_advantages(cfg.algorithm, rewards, kl, mask, cfg.kl_coef, groups, reduce=self._sum)
+        groups = torch.tensor([s.group for s in samples])
+        adv = compute_advantages(cfg.algorithm, rewards, kl, mask, cfg.kl_coef, groups, self._norm_codes(samples),
+                                 reduce=self._sum)
         kl_in_loss = cfg.algorithm not in KL_IN_REWARD
 
         stats: dict[str, list[float]] = {"loss/policy": [], "loss/grad_norm": [], "loss/clip_frac": [],
@@ -240,8 +272,13 @@ class Learner:
                         stats["loss/clip_frac"].append(info["clip_frac"])
                         stats["loss/entropy"].append(float(masked_mean(ent, m)))
                 t_sft0 = time.perf_counter()
-                if b == 0 and sft:
-                    stats.setdefault("loss/sft_nll", []).append(self.sft_backward(sft, cfg.sft_coef))
+                if b == 0 and sft and sft_coef > 0:
+                    # How hard the SFT term pulls against the game: its gradient's norm over the
+                    # policy gradient's (LoRA only: a copy of full-model gradients costs a model).
+                    pg = self._grads() if self.policy.is_lora else None
+                    stats.setdefault("loss/sft_nll", []).append(self.sft_backward(sft, sft_coef))
+                    if pg is not None:
+                        stats.setdefault("loss/sft_grad_ratio", []).append(self._sft_grad_ratio(pg))
                 t2 = time.perf_counter()
                 t_fwd_bwd += t_sft0 - t1
                 t_sft += t2 - t_sft0
@@ -257,6 +294,9 @@ class Learner:
         out["kl/k3_mean"] = float(masked_mean(kl_penalty(old, ref, "k3"), mask))
         out["lr"] = self.scheduler.get_last_lr()[0]
         out["samples"] = len(samples)
+        if sft and sft_coef > 0:
+            out["loss/sft_coef"] = sft_coef
+        out.update(_advantage_stats(adv, mask, samples))
         out.update({"timing/learn_ref_logprob_s": t_ref, "timing/learn_old_logprob_s": t_old,
                     "timing/learn_fwd_bwd_s": t_fwd_bwd, "timing/learn_sft_s": t_sft,
                     "timing/learn_optimizer_s": t_opt})
@@ -264,9 +304,37 @@ class Learner:
             raise FloatingPointError(f"NaN in learner stats: {out}")
         return out
 
+    def _sft_grad_ratio(self, pg: list[torch.Tensor | None]) -> float:
+        """||g_total - g_pg|| / ||g_pg|| after the SFT backward (g_pg taken before it)."""
+        sft_sq = pg_sq = 0.0
+        for p, g in zip(self.policy.trainable_parameters(), pg):
+            if p.grad is None:
+                continue
+            before = g if g is not None else torch.zeros_like(p.grad)
+            sft_sq += float((p.grad - before).float().pow(2).sum())
+            pg_sq += float(before.float().pow(2).sum())
+        return math.sqrt(sft_sq) / max(math.sqrt(pg_sq), 1e-12)
+
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _advantage_stats(adv: torch.Tensor, mask: torch.Tensor, samples: list[Sample]) -> dict[str, float]:
+    """Token-weighted mean and std of the advantages per role (and the defender per seed class):
+    a role whose turns all get a positive mean advantage is reinforced whatever it says."""
+    out = {}
+    groups = {"attacker": lambda s: s.role == "attacker", "defender": lambda s: s.role == "defender",
+              "defender_harmful": lambda s: s.role == "defender" and s.prompt_class == "harmful",
+              "defender_benign": lambda s: s.role == "defender" and s.prompt_class == "benign"}
+    for name, keep in groups.items():
+        m = mask * torch.tensor([float(keep(s)) for s in samples])[:, None]
+        if m.sum() == 0:
+            continue
+        mean = masked_mean(adv, m)
+        out[f"adv/{name}_mean"] = float(mean)
+        out[f"adv/{name}_std"] = float(masked_mean((adv - mean) ** 2, m).sqrt())
+    return out

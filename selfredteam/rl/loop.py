@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import signal
@@ -22,9 +23,10 @@ from typing import Any
 import torch
 
 from selfredteam.config import Config, save_config, to_dict
-from selfredteam.data import Seed, load_pool, sample_batch
-from selfredteam.errors import EndpointError, UserError
+from selfredteam.data import Seed, load_pool, missing_class, sample_batch
+from selfredteam.errors import DataError, EndpointError, UserError
 from selfredteam.game.play import GameRecord, play_games
+from selfredteam.game.prompts import instruction_texts
 from selfredteam.judges.base import Judge
 from selfredteam.policy.base import (
     Generation,
@@ -37,8 +39,10 @@ from selfredteam.rl.checkpoint import find_checkpoint, load_checkpoint, read_sta
 from selfredteam.rl.learner import Learner, Sample
 from selfredteam.rl.metrics import game_metrics
 from selfredteam.rl.model import TrainablePolicy, build_trainable
-from selfredteam.rl.sft import load_sft_pairs, sft_samples
+from selfredteam.rl.monitor import CollapseMonitor, step_signals
+from selfredteam.rl.sft import HELPFUL_THOUGHT, NEUTRAL_THOUGHT, SftTerm, load_sft_rows
 from selfredteam.rl.tracking import MultiTracker, build_trackers
+from selfredteam.runtime import describe, runtime_info, save_runtime
 
 TRAINED_ROLES = {"selfplay": ("attacker", "defender"), "attacker-only": ("attacker",), "defender-only": ("defender",)}
 
@@ -84,19 +88,33 @@ class StopFlag:
                 signal.signal(s, h)
 
 
-def samples_from_games(games: list[GameRecord], roles: tuple[str, ...], groups: list[int]) -> list[Sample]:
-    """Trainable turns: each role's prompt/response ids and reward; parse errors are skipped."""
+def samples_from_games(games: list[GameRecord], roles: tuple[str, ...]) -> list[Sample]:
+    """Trainable turns: each role's prompt/response ids and reward; parse errors are skipped.
+
+    Groups compare like with like: a defender turn is grouped with the defender's other answers to
+    the same prompt; an attacker turn (shared by the k games of its seed) appears once, with the
+    mean of its games' rewards (the defender's answers are the attacker's environment)."""
     out = []
-    for g, group in zip(games, groups):
-        for role in roles:
-            turn = g.attacker if role == "attacker" else g.defender
-            reward = g.rewards[role]
-            if turn is None or reward is None or turn.generation is None or not turn.generation.completion_ids:
-                continue
-            gen = turn.generation
-            out.append(Sample(role, gen.prompt_ids, gen.completion_ids, reward, group, gen.logprobs,
-                              gen.trunk_states))
+    attacker_games: dict[int, list[GameRecord]] = {}
+    for g in games:
+        if "attacker" in roles and g.attacker is not None:
+            attacker_games.setdefault(id(g.attacker), []).append(g)
+        if "defender" in roles:
+            out += _sample("defender", g.defender, g.rewards["defender"], 2 * g.prompt_index + 1, g.seed_label)
+    for gs in attacker_games.values():
+        rewards = [g.rewards["attacker"] for g in gs if g.rewards["attacker"] is not None]
+        if rewards:
+            out += _sample("attacker", gs[0].attacker, sum(rewards) / len(rewards), 2 * gs[0].prompt_index,
+                           gs[0].seed_label)
     return out
+
+
+def _sample(role: str, turn: Any, reward: float | None, group: int, prompt_class: str) -> list[Sample]:
+    if turn is None or reward is None or turn.generation is None or not turn.generation.completion_ids:
+        return []
+    gen = turn.generation
+    return [Sample(role, gen.prompt_ids, gen.completion_ids, reward, group, prompt_class, gen.logprobs,
+                   gen.trunk_states)]
 
 
 def _check_resume(cfg: Config, resume: Path | None) -> Path | None:
@@ -130,22 +148,21 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     pool = load_pool(cfg.data)
     if t.role_mode == "defender-only" and t.static_prompts:
         pool += load_pool(cfg.data, t.static_prompts)
+    if problem := missing_class(pool, cfg.game.harmful_fraction, cfg.data.seeds):
+        raise DataError(problem)
+    sft_rows = load_sft_rows(t.sft_data) if t.sft_data and (t.sft_coef > 0 or t.sft_warmup_steps) else None
+    info = runtime_info(cfg.model, cfg.run.threads)
+    log(f"Running on {describe(info)}.")
     judge = judge or build_judge(cfg.judge)
     accelerator = _accelerator()
     rank = accelerator.process_index if accelerator else 0
     is_main = rank == 0
     trainable = build_trainable(cfg, device=accelerator.device if accelerator else None)
     learner = Learner(trainable, t, accelerator, temperature=g.temperature)
-    sampler = TransformersPolicy(trainable.model, trainable.tokenizer, cfg.model.name_or_path, g.batch_size)
-    # The learner reuses the trunk states captured while sampling (single process: under DDP it
-    # runs every layer).
-    capture = trainable.frozen_layers > 0 and accelerator is None
-    attacker: Policy = RoleView(trainable, sampler, "attacker", capture_trunk=capture)
-    defender: Policy = attacker if trainable.sharing == "shared" else RoleView(
-        trainable, sampler, "defender", capture_trunk=capture)
-    if t.role_mode == "attacker-only":
-        defender = _frozen_defender(cfg, trainable, sampler)
-    attacker, defender = MeteredPolicy(attacker), (MeteredPolicy(defender) if defender is not attacker else None)
+    sampler = TransformersPolicy(trainable.model, trainable.tokenizer, cfg.model.name_or_path, g.batch_size,
+                                 g.max_prompt_length)
+    attacker, defender = _players(cfg, trainable, sampler, accelerator)
+    sft = SftTerm(sft_rows, sampler, cfg.game.cot, t, g.defender_max_new_tokens) if sft_rows else None
     # Each data-parallel process plays its own games: its own seed stream.
     rng = random.Random(cfg.run.seed + 1_000_003 * rank)
     start = 0
@@ -157,31 +174,35 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
+        save_runtime(out, info)
         if ckpt:
             _truncate_metrics(out / "metrics.jsonl", start)
     tracker = build_trackers(out, wandb_project, to_dict(cfg)) if is_main else MultiTracker([])
-    sft_pairs = load_sft_pairs(t.sft_data) if t.sft_data and t.sft_coef > 0 else None
-    revise = 0.0 if t.role_mode == "defender-only" else cfg.game.revise_fraction
+    if sft and start == 0 and t.sft_warmup_steps:
+        tracker.log(0, _sft_warmup(learner, sft, t.sft_warmup_steps, rng, log))
+    # defender-only: no attacker turn (vanilla seeds, plus static_prompts mixed into the pool).
+    rules = dataclasses.replace(cfg.game, revise_fraction=0.0) if t.role_mode == "defender-only" else cfg.game
     roles = TRAINED_ROLES[t.role_mode]
     attacker_params, defender_params = sampling_params(g, "attacker", cfg.game.cot), sampling_params(g, "defender", cfg.game.cot)
+    monitor = CollapseMonitor()
+    instructions = instruction_texts()
+    thoughts = [NEUTRAL_THOUGHT, HELPFUL_THOUGHT] + sorted({r.thought for r in sft_rows or [] if r.thought})
     last: dict[str, Any] = {}
     stop = StopFlag()
     with stop.installed(log):
         for step in range(start, t.steps):
             t0 = time.perf_counter()
             rng_before, torch_rng_before = rng.getstate(), torch.get_rng_state()
-            # 1. seeds: a balanced batch; each seed played samples_per_prompt times (GRPO/RLOO groups).
-            base = sample_batch(pool, t.rollout_batch_size, cfg.game.harmful_fraction, rng)
-            seeds: list[Seed] = [s for s in base for _ in range(t.samples_per_prompt)]
-            groups = [i for i in range(len(base)) for _ in range(t.samples_per_prompt)]
-            # 2. play with the current policy (generation + judge).
+            # 1. seeds: a balanced batch.
+            seeds: list[Seed] = sample_batch(pool, t.rollout_batch_size, cfg.game.harmful_fraction, rng)
+            # 2. play with the current policy (generation + judge); each final prompt answered
+            #    samples_per_prompt times (the defender's GRPO/RLOO groups).
             gen_s0 = attacker.seconds + (defender.seconds if defender else 0.0)
+            cut_before = (sampler.truncation.count, _judge_cuts(judge))
             try:
-                games = play_games(
-                    seeds, attacker, judge, reward_mode=cfg.game.reward_mode, cot=cfg.game.cot,
-                    revise_fraction=revise, rng=rng, defender=defender,
-                    attacker_params=attacker_params, defender_params=defender_params,
-                )
+                games = play_games(seeds, attacker, judge, rules=rules, rng=rng, defender=defender,
+                                   attacker_params=attacker_params, defender_params=defender_params,
+                                   samples_per_prompt=t.samples_per_prompt)
             except EndpointError as e:
                 # The judge (or a remote policy) stayed down after its retries. Nothing of this
                 # step was learned: save the completed steps with the RNG as it was before the
@@ -194,15 +215,21 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
                 raise EndpointError(f"{e} Saved a checkpoint after {step} completed steps; fix the "
                                     f"endpoint and continue with --resume {out}.") from None
             t_play = time.perf_counter() - t0
+            cut = {"truncated/policy_prompts": sampler.truncation.count - cut_before[0],
+                   "truncated/judge_inputs": _judge_cuts(judge) - cut_before[1]}
             t_gen = attacker.seconds + (defender.seconds if defender else 0.0) - gen_s0
-            # 3. learn from the trainable turns.
+            # 3. learn from the trainable turns (plus the auxiliary SFT term, on its schedule).
             t1 = time.perf_counter()
-            samples = samples_from_games(games, roles, groups)
-            sft = sft_samples(sft_pairs, t.sft_batch_size or t.micro_batch_size, sampler, cfg.game.cot, rng) if sft_pairs else None
-            stats = learner.update(samples, sft)
+            samples = samples_from_games(games, roles)
+            sft_coef = sft.coef(step) if sft else 0.0
+            stats = learner.update(samples, sft.draw(rng) if sft_coef > 0 else None, sft_coef)
             t_learn = time.perf_counter() - t1
+            # 4. log: game metrics, learner stats, the collapse monitor, where the time went.
+            signals = step_signals(games, instructions, thoughts)
+            for warning in monitor.update(step + 1, signals):
+                log(f"[yellow]warning:[/] {warning}")
             tokens = sum(len(s.response_ids) for s in samples)
-            metrics = game_metrics(games) | stats | {
+            metrics = game_metrics(games) | stats | signals | cut | {
                 "timing/generate_s": t_gen, "timing/judge_s": t_play - t_gen, "timing/learn_s": t_learn,
                 "timing/step_s": time.perf_counter() - t0,
                 "perf/tokens_per_s": tokens / t_gen if t_gen else 0.0,
@@ -224,6 +251,34 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     return last
 
 
+def _players(cfg: Config, trainable: TrainablePolicy, sampler: Any, accelerator: Any) -> tuple[MeteredPolicy, MeteredPolicy | None]:
+    """The attacker and (when it is another policy) the defender, as metered samplers."""
+    # The learner reuses the trunk states captured while sampling (single process: under DDP it
+    # runs every layer).
+    capture = trainable.frozen_layers > 0 and accelerator is None
+    attacker: Policy = RoleView(trainable, sampler, "attacker", capture_trunk=capture)
+    defender: Policy = attacker if trainable.sharing == "shared" else RoleView(
+        trainable, sampler, "defender", capture_trunk=capture)
+    if cfg.train.role_mode == "attacker-only":
+        defender = _frozen_defender(cfg, trainable, sampler)
+    return MeteredPolicy(attacker), (MeteredPolicy(defender) if defender is not attacker else None)
+
+
+def _sft_warmup(learner: Learner, sft: SftTerm, steps: int, rng: random.Random, log) -> dict[str, Any]:
+    """train.sft_warmup_steps optimizer steps on the SFT rows alone, before the first RL step."""
+    t0 = time.perf_counter()
+    nll = [learner.sft_step(sft.draw(rng)) for _ in range(steps)]
+    log(f"SFT warm start: {steps} steps, NLL {nll[0]:.3f} -> {nll[-1]:.3f} ({time.perf_counter() - t0:.0f} s).")
+    return {"warmup/sft_steps": steps, "warmup/sft_nll_first": nll[0], "warmup/sft_nll_last": nll[-1],
+            "timing/warmup_s": time.perf_counter() - t0}
+
+
+def _judge_cuts(judge: Judge) -> int:
+    """Judge inputs cut to the budget so far (0 for judges not built by build_judge)."""
+    counter = getattr(judge, "truncation", None)
+    return counter.count if counter is not None else 0
+
+
 def _accelerator() -> Any | None:
     """An accelerate Accelerator when launched with several processes (accelerate launch /
     torchrun set WORLD_SIZE); None in a plain single-process run."""
@@ -239,11 +294,12 @@ def _accelerator() -> Any | None:
 def _frozen_defender(cfg: Config, trainable: TrainablePolicy, sampler: Any) -> Policy:
     """attacker-only: the defender is another model, or the reference (adapters disabled)."""
     if cfg.train.defender_model:
-        from selfredteam.config import ModelConfig
-        from selfredteam.policy.hf import TransformersPolicy
+        import dataclasses
 
-        mc = ModelConfig(**{**to_dict(cfg)["model"], "name_or_path": cfg.train.defender_model})
-        return TransformersPolicy.from_config(mc, cfg.generation.batch_size, cfg.run.threads, cfg.run.seed)
+        from selfredteam.policy import build_policy
+
+        model = dataclasses.replace(cfg.model, name_or_path=cfg.train.defender_model)
+        return build_policy(dataclasses.replace(cfg, model=model))
     if not trainable.is_lora:
         raise UserError("attacker-only with full fine-tuning needs train.defender_model (a frozen defender).")
     return RoleView(trainable, sampler, "defender", reference=True)

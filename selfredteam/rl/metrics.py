@@ -21,9 +21,14 @@ def game_metrics(games: list[GameRecord]) -> dict[str, Any]:
     harmful_seed = [g for g in judged if g.seed_label == "harmful"]
     benign_seed = [g for g in judged if g.seed_label == "benign"]
     harmful_prompt = [g for g in judged if g.judge.prompt_harmful]
-    turns = [g.defender for g in games] + [g.attacker for g in games if g.attacker]
-    att_len = [len(g.attacker.generation.completion_ids) for g in games if g.attacker and g.attacker.generation]
+    attacks = [g.attacker for g in games if g.attacker and g.sample == 0]  # one per seed (k games share it)
+    turns = [g.defender for g in games] + attacks
+    att_len = [len(a.generation.completion_ids) for a in attacks if a.generation]
     def_len = [len(g.defender.generation.completion_ids) for g in games if g.defender.generation]
+
+    def hit_budget(label: str) -> float | None:
+        ts = [g.defender for g in games if g.seed_label == label]
+        return _rate(sum(t.hit_budget for t in ts), len(ts))
 
     def has(gs: list[GameRecord], name: str) -> int:
         return sum(name in g.outcomes for g in gs)
@@ -39,6 +44,12 @@ def game_metrics(games: list[GameRecord]) -> dict[str, Any]:
         "game/benign_refusal_rate": _rate(sum(bool(g.judge.response_refusal) for g in benign_seed), len(benign_seed)),
         "game/harmful_refusal_rate": _rate(sum(bool(g.judge.response_refusal) for g in harmful_seed), len(harmful_seed)),
         "cot/violation_rate": _rate(sum(t.cot_violation for t in turns), len(turns)),
+        "cot/cut_off_rate": _rate(sum(t.cut_off for t in turns), len(turns)),
+        # Turns that ran into their token budget, per role and seed class: a budget that cuts
+        # helpful answers but not refusals makes refusing the cheaper way to a good reward.
+        "len/attacker_hit_budget": _rate(sum(a.hit_budget for a in attacks), len(attacks)),
+        "len/defender_hit_budget_harmful": hit_budget("harmful"),
+        "len/defender_hit_budget_benign": hit_budget("benign"),
         "judge/parse_error_rate": _rate(len(games) - len(judged), len(games)),
         "len/attacker_tokens": _mean(att_len),
         "len/defender_tokens": _mean(def_len),

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from selfredteam.config import GameConfig, TrainConfig
 from selfredteam.data import Seed, read_records
-from selfredteam.errors import DataError
+from selfredteam.errors import ConfigError, DataError
 from selfredteam.game.play import play_games
 from selfredteam.game.prompts import defender_turn
 from selfredteam.judges.base import Judge
@@ -38,15 +40,21 @@ CPU-demo run; without one, the decision is made in the answer, as the model make
 EMBEDDED_SFT = "embedded"
 """`train.sft_data` value for the shipped self-distillation set of the embedded model."""
 
-SftPair = tuple[str, str, str | None]
-"""(prompt, response, thought or None)."""
-
 
 def embedded_sft_path() -> Path:
     return Path(str(resources.files("selfredteam") / "assets" / "sft" / "self_distill_embedded.jsonl"))
 
 
-def load_sft_pairs(spec: str, prompt_field: str = "prompt", response_field: str = "response") -> list[SftPair]:
+@dataclass(frozen=True)
+class SftRow:
+    prompt: str
+    response: str
+    thought: str | None = None
+    label: str | None = None
+    """`harmful` (the response refuses) or `benign` (it answers), when the data says: paired draws."""
+
+
+def load_sft_rows(spec: str, prompt_field: str = "prompt", response_field: str = "response") -> list[SftRow]:
     if spec == EMBEDDED_SFT:
         spec = str(embedded_sft_path())
     if Path(spec).exists():
@@ -59,28 +67,86 @@ def load_sft_pairs(spec: str, prompt_field: str = "prompt", response_field: str 
         except Exception as e:  # network, missing dataset, missing package
             raise DataError(f"Could not load SFT data {spec!r}: {e}. Pass a .jsonl/.csv file with "
                             f"{prompt_field!r} and {response_field!r} fields.") from None
-    pairs = []
+    out = []
     for i, r in enumerate(rows):
         p, a = r.get(prompt_field), r.get(response_field)
         if not isinstance(p, str) or not isinstance(a, str):
             raise DataError(f"{spec}: record {i} needs string fields {prompt_field!r} and {response_field!r}.")
-        thought = r.get("thought")
-        pairs.append((p, a, thought if isinstance(thought, str) and thought.strip() else None))
-    if not pairs:
+        thought, label = r.get("thought"), r.get("label")
+        out.append(SftRow(p, a, thought if isinstance(thought, str) and thought.strip() else None,
+                          label if label in ("harmful", "benign") else None))
+    if not out:
         raise DataError(f"SFT data {spec} is empty.")
-    return pairs
-
-
-def sft_samples(pairs: list[SftPair], n: int, sampler: Any, cot: bool, rng: random.Random,
-                max_tokens: int = 256) -> list[Sample]:
-    """Encode `n` random pairs as defender turns with the reference answer as the response."""
-    out = []
-    eos = sampler.tokenizer.eos_token_id
-    for prompt, answer, thought in rng.sample(pairs, min(n, len(pairs))):
-        target = f" {thought or HELPFUL_THOUGHT} </think><answer>{answer}</answer>" if cot else answer
-        ids = sampler.tokenizer(target, add_special_tokens=False)["input_ids"][:max_tokens] + [eos]
-        out.append(Sample("defender", sampler.encode(defender_turn(prompt, cot)), ids, 0.0))
     return out
+
+
+class SftTerm:
+    """The auxiliary SFT term of a run: rows encoded once as defender turns, drawn each step, and
+    weighted by a schedule (train.sft_* switches; config.py says what each is for).
+
+    Targets are fitted to the defender's token budget (`max_new_tokens`, EOS included): a longer
+    answer is cut to its whole sentences, and a row left with fewer than MIN_TARGET_WORDS words is
+    dropped. A target longer than the budget would teach answers that RL then sees cut off."""
+
+    def __init__(self, rows: list[SftRow], sampler: Any, cot: bool, cfg: TrainConfig, max_new_tokens: int) -> None:
+        self.cfg, self.cot = cfg, cot
+        self.samples: dict[str | None, list[Sample]] = {}
+        self.cut = self.dropped = 0
+        for row in rows:
+            sample = self._encode(row, sampler, max_new_tokens)
+            if sample is not None:
+                self.samples.setdefault(row.label if cfg.sft_paired else None, []).append(sample)
+        if cfg.sft_paired and not (self.samples.get("harmful") and self.samples.get("benign")):
+            raise ConfigError(
+                "train.sft_paired draws one refusal (label harmful) and one answer (label benign) each step, "
+                f"but {cfg.sft_data} has {len(self.samples.get('harmful', []))} rows labelled harmful and "
+                f"{len(self.samples.get('benign', []))} labelled benign (after fitting to the token budget). "
+                "Add a `label` field to the rows or set train.sft_paired=false.")
+        if not any(self.samples.values()):
+            raise DataError(f"No SFT row of {cfg.sft_data} fits generation.defender_max_new_tokens={max_new_tokens}.")
+
+    def _encode(self, row: SftRow, sampler: Any, budget: int) -> Sample | None:
+        tok = sampler.tokenizer
+
+        def ids(text: str) -> list[int]:
+            return tok(text, add_special_tokens=False)["input_ids"]
+
+        prompt = sampler.encode(defender_turn(row.prompt, self.cot))
+        before: list[int] = []
+        after: list[int] = []
+        if self.cot:
+            thought = f" {row.thought or HELPFUL_THOUGHT} "
+            if self.cfg.sft_thought_in_loss:
+                before = ids(thought + "</think><answer>")
+            else:
+                prompt = prompt + ids(thought)  # context only: the policy is never taught to say it
+                before = ids("</think><answer>")
+            after = ids("</answer>")
+        answer = ids(row.response)
+        room = budget - len(before) - len(after) - 1  # 1 for EOS
+        if len(answer) > room:
+            text = whole_sentences(tok.decode(answer[: max(room, 0)]))
+            if len(text.split()) < MIN_TARGET_WORDS:
+                self.dropped += 1
+                return None
+            self.cut += 1
+            answer = ids(text)[:room]
+        return Sample("defender", prompt, before + answer + after + [tok.eos_token_id], 0.0,
+                      prompt_class=row.label or "")
+
+    def coef(self, step: int) -> float:
+        """sft_coef at RL step `step` (0-based): constant, or fading linearly to 0 at sft_decay_steps."""
+        c = self.cfg
+        return c.sft_coef * max(0.0, 1.0 - step / c.sft_decay_steps) if c.sft_decay_steps else c.sft_coef
+
+    def draw(self, rng: random.Random) -> list[Sample]:
+        """This step's rows: sft_batch_size at random, or half refusals and half answers (paired)."""
+        n = self.cfg.sft_batch_size or self.cfg.micro_batch_size
+        if self.cfg.sft_paired:
+            k = max(1, n // 2)
+            return [s for label in ("harmful", "benign") for s in rng.sample(self.samples[label], min(k, len(self.samples[label])))]
+        pool = self.samples[None]
+        return rng.sample(pool, min(n, len(pool)))
 
 
 MIN_TARGET_WORDS = 3
@@ -107,7 +173,7 @@ def self_distill(seeds: list[Seed], policy: Policy, judge: Judge, params: Sampli
     answers, so the set itself does not favour refusing (the CPU demo still drifts towards
     over-refusal under RL: BENCHMARKS.md, "Learning curve of the CPU demo").
     """
-    games = play_games(seeds, policy, judge, reward_mode="general_sum", cot=False, revise_fraction=0.0,
+    games = play_games(seeds, policy, judge, rules=GameConfig(cot=False, revise_fraction=0.0),
                        attacker_params=params, defender_params=params, rng=rng)
     kept: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     for g in games:

@@ -105,3 +105,42 @@ def test_pack_layout():
     assert b.response_ids.tolist() == [[1, 2, 0], [3, 4, 9]]
     assert b.response_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
     assert b.position_ids.tolist() == [[0, 1, 2, 3, 4, 4], [0, 0, 0, 1, 2, 3]]
+
+
+def test_group_baseline_compares_the_defender_with_its_own_answers():
+    """Issue 19's batch: one seed, two attacker turns and four defender answers to the same prompt.
+    Grouped by seed alone, the benign refusal (+1) got advantage 0.00 against a baseline that mixed
+    in attacker rewards; against the defender's own answers it is negative."""
+    r = torch.tensor([-0.5, 1.0, -1.5, 3.0, 1.0, 3.0])
+    roles = ["attacker", "defender", "attacker", "defender", "defender", "defender"]
+    mixed = grpo(r, None, torch.ones(6, 1), 0.0, group_ids=torch.zeros(6, dtype=torch.long))
+    assert abs(float(mixed[1, 0])) < 1e-6  # the bug: the refusal looked neutral
+    groups = torch.tensor([0 if x == "attacker" else 1 for x in roles])
+    norm = torch.tensor([0 if x == "attacker" else 1 for x in roles])
+    for fn in (grpo, rloo):
+        adv = fn(r, None, torch.ones(6, 1), 0.0, group_ids=groups, norm_ids=norm)[:, 0]
+        assert adv[1] < 0 and adv[3] > 0
+        assert adv[0] > 0 > adv[2]  # attackers are compared with attackers only
+    assert float(rloo(r, None, torch.ones(6, 1), 0.0, group_ids=groups, norm_ids=norm)[1, 0]) == pytest.approx(1 - 7 / 3)
+
+
+def test_singletons_are_pooled_per_role():
+    from selfredteam.rl.advantages import baseline_groups
+
+    g = torch.tensor([4, 6, 1, 1, 3, 3])  # two attacker singletons, two defender groups of two
+    norm = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert baseline_groups(g, norm, "grpo").tolist() == [-1, -1, 1, 1, 3, 3]
+    r = torch.tensor([2.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    adv = grpo(r, None, torch.ones(6, 1), 0.0, group_ids=g, norm_ids=norm)[:, 0]
+    assert adv.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0, -1.0, 1.0], abs=1e-4)
+
+
+def test_reinforce_pp_whitens_per_role_when_asked():
+    """Pooled, every defender turn (rewards around +1) gets a positive advantage next to attacker
+    turns (around -0.7); per role, the worse defender turn is negative."""
+    r = torch.tensor([-0.5, -1.0, 1.0, 2.0])
+    norm = torch.tensor([0, 0, 1, 1])
+    pooled = reinforce_pp(r, torch.zeros(4, 1), torch.ones(4, 1), 0.0)[:, 0]
+    assert pooled[2] > 0 and pooled[3] > 0
+    per_role = reinforce_pp(r, torch.zeros(4, 1), torch.ones(4, 1), 0.0, norm_ids=norm)[:, 0]
+    assert per_role.tolist() == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-4)

@@ -11,10 +11,11 @@ from tests.fakes import FakeJudge
 
 
 def cfg_for(model_dir, *extra, steps=2):
+    # The defender's budget holds the preset's SFT targets (they are fitted to it, whole sentences).
     return load_config("cpu-demo", overrides=[
         f"model.name_or_path={model_dir}", f"train.steps={steps}", "train.rollout_batch_size=4",
         "train.train_batch_size=4", "train.micro_batch_size=2", "train.save_every=1", "train.lr=1e-3",
-        "generation.attacker_max_new_tokens=6", "generation.defender_max_new_tokens=6", *extra])
+        "generation.attacker_max_new_tokens=6", "generation.defender_max_new_tokens=48", *extra])
 
 
 def read_metrics(out):
@@ -95,7 +96,7 @@ def _start_cli_run(out, model_dir, steps=1000, save_every=1000, extra=()):
            "--set", f"model.name_or_path={model_dir}", "--set", f"train.steps={steps}",
            "--set", f"train.save_every={save_every}", "--set", "train.rollout_batch_size=4",
            "--set", "train.train_batch_size=4", "--set", "train.micro_batch_size=2",
-           "--set", "generation.attacker_max_new_tokens=4", "--set", "generation.defender_max_new_tokens=4", *extra]
+           "--set", "generation.attacker_max_new_tokens=4", "--set", "generation.defender_max_new_tokens=48", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
 
 
@@ -139,9 +140,23 @@ def test_kill_9_then_resume_continues_from_last_checkpoint(tiny_model_dir, tmp_p
     assert (out / "checkpoints" / "latest").read_text() == "step_6"
 
 
+# Tolerances per compute dtype, for the same log-probs computed twice: while sampling (KV cache,
+# one token at a time) and by the learner (one pass over prompt + response).
+# - float32: sampling reads the frozen weights as packed fp16 with fp32 accumulation
+#   (cpu_fastpath.py; logits within ~1e-4 of fp32 on the embedded model), the learner exact fp32.
+# - bfloat16: 8 significant bits, a relative step of 2**-8 ~ 0.004 at every rounding; the two
+#   paths round in different places (different kernels and summation orders), so the logits and
+#   the log-probs derived from them differ by a few such steps: up to ~1e-3 seen on the tiny model
+#   on an AVX512-BF16 CPU, bounded here by 5 steps of 2**-8 around 1.
+LOGPROB_ATOL = {"float32": 2e-4, "bfloat16": 5 * 2**-8}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_generation_logprobs_match_the_learner(tiny_model_dir, temperature):
-    """The 'old' log-probs recorded while sampling equal the learner's own forward pass."""
+def test_generation_logprobs_match_the_learner(tiny_model_dir, temperature, dtype):
+    """The 'old' log-probs recorded while sampling equal the learner's own forward pass, in both CPU
+    dtypes that `model.dtype=auto` can pick (bf16 is forced here, so a CPU without native bf16 checks
+    that path too, slowly)."""
     import torch
 
     from selfredteam.game.prompts import attacker_turn, defender_turn
@@ -150,18 +165,32 @@ def test_generation_logprobs_match_the_learner(tiny_model_dir, temperature):
     from selfredteam.rl.learner import Learner, Sample
     from selfredteam.rl.model import build_trainable
 
-    cfg = cfg_for(tiny_model_dir)
+    cfg = cfg_for(tiny_model_dir, f"model.dtype={dtype}")
     trainable = build_trainable(cfg)
+    assert next(trainable.model.parameters()).dtype == getattr(torch, dtype)
     sampler = TransformersPolicy(trainable.model, trainable.tokenizer, "tiny", batch_size=4)
     torch.manual_seed(0)
-    with trainable.merged():
+    with trainable.sampling():
         gens = sampler.generate([defender_turn("Hi there", True), attacker_turn("a seed", True, True)],
                                 SamplingParams(8, temperature, 1.0))
     samples = [Sample("defender", g.prompt_ids, g.completion_ids, 0.0) for g in gens]
     learner = Learner(trainable, cfg.train, temperature=temperature)
     recomputed = learner._score(samples, use_reference=False)
     for g, lp in zip(gens, recomputed):
-        assert torch.allclose(torch.tensor(g.logprobs), lp, atol=2e-4)
+        torch.testing.assert_close(torch.tensor(g.logprobs), lp.float(), atol=LOGPROB_ATOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_steps_and_resume_in_each_cpu_dtype(tiny_model_dir, tmp_path, dtype):
+    """Both CPU dtypes train and resume exactly, whichever one `auto` picks on this machine."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    extra = (f"model.dtype={dtype}",)
+    train(cfg_for(tiny_model_dir, *extra, steps=2), full, judge=FakeJudge(), log=lambda *a: None)
+    train(cfg_for(tiny_model_dir, *extra, steps=1), part, judge=FakeJudge(), log=lambda *a: None)
+    train(cfg_for(tiny_model_dir, *extra, steps=2), part, resume=part, judge=FakeJudge(), log=lambda *a: None)
+    a, b = read_metrics(full)[-1], read_metrics(part)[-1]
+    assert a["loss/policy"] == b["loss/policy"] and a["kl/mean"] == b["kl/mean"]
+    assert json.loads((full / "runtime.json").read_text())["dtype"] == dtype
 
 
 class _DownJudge:
@@ -209,3 +238,26 @@ def test_eval_accepts_a_train_run_as_model(tiny_model_dir, tmp_path):
     summary = run_eval(policy, FakeJudge(), {"b": [EvalPrompt("hello", "benign", "s", "x:1")]}, cot=True,
                        params=SamplingParams(4, 0.7, 1.0), out=tmp_path / "ev")
     assert summary["n"] == 1 and (tmp_path / "ev" / "results.jsonl").is_file()
+
+
+def test_one_step_logs_role_advantages_budget_hits_sft_pull_and_the_monitor(tiny_model_dir, tmp_path):
+    """Issue 19's switches together (GRPO over k answers per prompt, per-role-and-class groups,
+    paired SFT rows after a warm start, SFT fading out) and the metrics that make them visible."""
+    out = tmp_path / "run"
+    cfg = cfg_for(tiny_model_dir, "train.algorithm=grpo", "train.samples_per_prompt=2",
+                  "train.advantage_norm=role_class", "train.sft_paired=true", "train.sft_warmup_steps=2",
+                  "train.sft_decay_steps=4", "train.sft_thought_in_loss=false", "train.sft_normalize=sequence",
+                  "game.cut_off_format_reward=0", steps=1)
+    train(cfg, out, judge=FakeJudge(), log=lambda *a: None)
+    warm, step = read_metrics(out)
+    assert warm["step"] == 0 and warm["warmup/sft_steps"] == 2 and warm["warmup/sft_nll_first"] > 0
+    assert step["games"] == 8 and step["loss/sft_coef"] == 1.0
+    for key in ("adv/attacker_mean", "adv/attacker_std", "adv/defender_mean", "adv/defender_std",
+                "adv/defender_harmful_mean", "adv/defender_benign_mean", "len/attacker_hit_budget",
+                "len/defender_hit_budget_harmful", "len/defender_hit_budget_benign", "cot/cut_off_rate",
+                "loss/sft_grad_ratio", "monitor/top_answer_share", "monitor/echo_thought",
+                "monitor/refusal_gap", "truncated/policy_prompts"):
+        assert step[key] is not None, key
+    assert step["loss/sft_grad_ratio"] > 0
+    games = [json.loads(x) for x in (out / "games" / "step_1.jsonl").read_text().splitlines()]
+    assert sorted(g["sample"] for g in games) == [0, 0, 0, 0, 1, 1, 1, 1]

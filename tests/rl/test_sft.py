@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
+from selfredteam.config import TrainConfig
 from selfredteam.data import Seed
+from selfredteam.errors import ConfigError
 from selfredteam.judges.base import Judgement
 from selfredteam.policy.base import Generation, SamplingParams
 from selfredteam.rl.sft import (
     HELPFUL_THOUGHT,
     NEUTRAL_THOUGHT,
-    load_sft_pairs,
+    SftRow,
+    SftTerm,
+    load_sft_rows,
     self_distill,
-    sft_samples,
     whole_sentences,
 )
 
@@ -68,7 +73,7 @@ def test_self_distill_keeps_only_judge_approved_replies_balanced():
 
 
 class _StubSampler:
-    """Test double for the learner's sampler: records SFT targets, tokenises by characters."""
+    """Test double for the learner's sampler: tokenises by characters, prompt ids are [1, 2, 3]."""
 
     class _Tok:
         eos_token_id = 0
@@ -76,26 +81,67 @@ class _StubSampler:
         def __call__(self, text, add_special_tokens=False):
             return {"input_ids": [ord(c) for c in text]}
 
+        def decode(self, ids):
+            return "".join(chr(i) for i in ids)
+
     tokenizer = _Tok()
 
     def encode(self, turn):
         return [1, 2, 3]
 
 
-def _targets(samples):
-    return ["".join(chr(i) for i in s.response_ids[:-1]) for s in samples]
+def _text(ids):
+    return "".join(chr(i) for i in ids if i > 3)
+
+
+def _term(rows, cot=True, budget=200, **cfg):
+    return SftTerm(rows, _StubSampler(), cot, TrainConfig(sft_data="rows.jsonl", sft_batch_size=2, **cfg), budget)
 
 
 def test_sft_rows_with_a_thought_post_fill_it(tmp_path):
     path = tmp_path / "sft.jsonl"
-    path.write_text(json.dumps({"prompt": "p1", "response": "No.", "thought": "It is harmful."}) + "\n"
-                    + json.dumps({"prompt": "p2", "response": "Blue."}) + "\n")
-    pairs = load_sft_pairs(str(path))
-    assert pairs == [("p1", "No.", "It is harmful."), ("p2", "Blue.", None)]
-    targets = sorted(_targets(sft_samples(pairs, 2, _StubSampler(), cot=True, rng=random.Random(0))))
+    path.write_text(json.dumps({"prompt": "p1", "response": "No.", "thought": "It is harmful.", "label": "harmful"})
+                    + "\n" + json.dumps({"prompt": "p2", "response": "Blue."}) + "\n")
+    rows = load_sft_rows(str(path))
+    assert rows == [SftRow("p1", "No.", "It is harmful.", "harmful"), SftRow("p2", "Blue.", None, None)]
+    term = _term(rows)
+    targets = sorted(_text(s.response_ids) for s in term.draw(random.Random(0)))
     assert targets == sorted([f" {HELPFUL_THOUGHT} </think><answer>Blue.</answer>",
                               " It is harmful. </think><answer>No.</answer>"])
-    assert sorted(_targets(sft_samples(pairs, 2, _StubSampler(), cot=False, rng=random.Random(0)))) == ["Blue.", "No."]
+    assert all(s.response_ids[-1] == 0 for s in term.draw(random.Random(0)))  # EOS closes every target
+    assert sorted(_text(s.response_ids) for s in _term(rows, cot=False).draw(random.Random(0))) == ["Blue.", "No."]
+
+
+def test_thought_left_out_of_the_loss_is_context_only():
+    (s,) = _term([SftRow("p", "Here you go.", "Plan it.")], sft_thought_in_loss=False).draw(random.Random(0))
+    assert _text(s.prompt_ids).endswith(" Plan it. ") and s.prompt_ids[:3] == [1, 2, 3]
+    assert _text(s.response_ids) == "</think><answer>Here you go.</answer>"
+
+
+def test_targets_are_fitted_to_the_defender_budget():
+    long = SftRow("p", "First sentence here. Second sentence is longer than the rest. Third.", "T.")
+    short = SftRow("q", "Too long to keep any whole sentence within the budget", "T.")
+    term = _term([long, short], budget=60)
+    (s,) = term.samples[None]
+    assert len(s.response_ids) <= 60 and _text(s.response_ids).endswith("<answer>First sentence here.</answer>")
+    assert term.cut == 1 and term.dropped == 1
+
+
+def test_paired_draw_takes_one_refusal_and_one_answer():
+    rows = [SftRow(f"h{i}", "Sorry, I can't help.", None, "harmful") for i in range(5)] + \
+           [SftRow(f"b{i}", "Sure, here it is.", None, "benign") for i in range(5)]
+    term = _term(rows, sft_paired=True)
+    for seed in range(10):
+        assert sorted(s.prompt_class for s in term.draw(random.Random(seed))) == ["benign", "harmful"]
+    with pytest.raises(ConfigError, match="label"):
+        _term([SftRow("p", "answer text here.")], sft_paired=True)
+
+
+def test_sft_coef_schedule():
+    rows = [SftRow("p", "An answer.")]
+    assert [_term(rows, sft_coef=0.5).coef(s) for s in (0, 10)] == [0.5, 0.5]
+    fade = _term(rows, sft_coef=1.0, sft_decay_steps=4)
+    assert [fade.coef(s) for s in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
 
 
 def test_embedded_self_distill_set_is_balanced():
@@ -105,4 +151,4 @@ def test_embedded_self_distill_set_is_balanced():
     rows = [r for _, r in read_records(embedded_sft_path())]
     labels = [r["label"] for r in rows]
     assert len(rows) >= 20 and labels.count("harmful") == labels.count("benign")
-    assert len(load_sft_pairs("embedded")) == len(rows)
+    assert len(load_sft_rows("embedded")) == len(rows)
