@@ -293,6 +293,8 @@ def eval_cmd(
     prompt_field: str = "prompt",
     label: Annotated[str, typer.Option(help="harmful | benign, for --benchmark-file.")] = "harmful",
     limit: Annotated[int | None, typer.Option(help="At most this many prompts per benchmark (stratified by subset).")] = None,
+    per_subset: Annotated[int | None, typer.Option(help="At most this many prompts per subset (seeded sample), e.g. all 65 WildJailbreak adversarial-benign prompts next to 120 of its 500 harmful ones.")] = None,
+    subsets: Annotated[str | None, typer.Option(help="Only these subsets (comma-separated, e.g. harmful_adversarial,benign_adversarial,xstest_safe).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write results.jsonl (per prompt) and summary.json here; reused on re-runs.")] = None,
     baseline: Annotated[str | None, typer.Option(help="A second model (same forms as --model, e.g. embedded) to compare against: J, delta J, delta over-refusal.")] = None,
     baseline_out: Annotated[Path | None, typer.Option(help="Where the baseline's answers are kept and reused (default OUT/baseline).")] = None,
@@ -311,7 +313,13 @@ def eval_cmd(
     import gc
 
     from selfredteam.eval.benchmarks import BENCHMARKS, generic_prompts, load_benchmark
-    from selfredteam.eval.run import eval_model_config, evaluate_model, stratified_sample, summarize
+    from selfredteam.eval.run import (
+        eval_model_config,
+        evaluate_model,
+        select_prompts,
+        stratified_sample,
+        summarize,
+    )
     from selfredteam.judges import build_judge
 
     if list_:
@@ -326,6 +334,7 @@ def eval_cmd(
     else:
         for name in [b.strip() for b in benchmarks.split(",") if b.strip()]:
             sets[name] = stratified_sample(load_benchmark(name, paths.get(name)), limit, cfg.run.seed)
+    sets = select_prompts(sets, subsets.split(",") if subsets else None, per_subset, cfg.run.seed)
     if out:
         out.mkdir(parents=True, exist_ok=True)
     _announce_runtime(eval_model_config(model, cfg), cfg.run.threads, out)

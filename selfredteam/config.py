@@ -198,6 +198,10 @@ class TrainConfig:
     """Optimizer steps of SFT alone (sft_batch_size rows each) before the first RL step: a short
     warm start instead of (or before) SFT at every step."""
     save_every: int = 10
+    time_limit_min: float = 0.0
+    """Stop (with a checkpoint, resumable) before a step that would end past this many minutes of
+    training, judged by the last step's duration; 0 = no limit. Machines of one kind differ 2x in
+    speed (BENCHMARKS.md), so a demo meant to end in time says so here rather than in its steps."""
     games_log_every: int = 1
     """Write a sample of games to games/step_N.jsonl every this many steps."""
 
@@ -427,8 +431,9 @@ def validate(cfg: Config) -> None:
     for name in ("steps", "rollout_batch_size", "train_batch_size", "micro_batch_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1.")
-    if min(t.sft_batch_size, t.sft_coef, t.sft_decay_steps, t.sft_warmup_steps) < 0:
-        raise ConfigError("train.sft_batch_size, sft_coef, sft_decay_steps and sft_warmup_steps must be >= 0.")
+    if min(t.sft_batch_size, t.sft_coef, t.sft_decay_steps, t.sft_warmup_steps, t.time_limit_min) < 0:
+        raise ConfigError("train.sft_batch_size, sft_coef, sft_decay_steps, sft_warmup_steps and time_limit_min "
+                          "must be >= 0.")
     if t.samples_per_prompt < 1:
         raise ConfigError("train.samples_per_prompt must be >= 1.")
     if t.sft_warmup_steps and not t.sft_data:

@@ -82,6 +82,30 @@ def stratified_sample(prompts: list[EvalPrompt], limit: int | None, seed: int = 
     return out[:limit] if len(out) > limit else out
 
 
+def select_prompts(sets: dict[str, list[EvalPrompt]], subsets: list[str] | None, per_subset: int | None,
+                   seed: int = 0) -> dict[str, list[EvalPrompt]]:
+    """Keep only `subsets` (all when None) and at most `per_subset` prompts of each (seeded)."""
+    known = {p.subset for ps in sets.values() for p in ps}
+    wanted = {x.strip() for x in subsets or [] if x.strip()}
+    if wanted - known:
+        raise UserError(f"Unknown subset(s) {', '.join(sorted(wanted - known))}. The chosen benchmarks have: "
+                        f"{', '.join(sorted(known))}.")
+    out = {}
+    for name, prompts in sets.items():
+        by_subset: dict[str, list[EvalPrompt]] = defaultdict(list)
+        for p in prompts:
+            if not wanted or p.subset in wanted:
+                by_subset[p.subset].append(p)
+        rng = random.Random(seed)
+        kept = [p for _, items in sorted(by_subset.items())
+                for p in (rng.sample(items, per_subset) if per_subset and per_subset < len(items) else items)]
+        if kept:
+            out[name] = kept
+    if not out:
+        raise UserError("No prompts left after --subsets / --per-subset.")
+    return out
+
+
 def _cache_key(model: str, prompt: str, cot: bool, max_new_tokens: int) -> str:
     return json.dumps([model, prompt, cot, max_new_tokens])
 

@@ -189,9 +189,16 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     thoughts = [NEUTRAL_THOUGHT, HELPFUL_THOUGHT] + sorted({r.thought for r in sft_rows or [] if r.thought})
     last: dict[str, Any] = {}
     stop = StopFlag()
+    started = time.perf_counter()
     with stop.installed(log):
         for step in range(start, t.steps):
             t0 = time.perf_counter()
+            if step > start and _out_of_time(t.time_limit_min, started, last.get("timing/step_s", 0.0), accelerator, learner):
+                if is_main:
+                    save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)})
+                log(f"Time limit train.time_limit_min={t.time_limit_min} reached: stopped after step {step} of "
+                    f"{t.steps} (checkpoint saved; --resume {out} with a larger limit continues).")
+                break
             rng_before, torch_rng_before = rng.getstate(), torch.get_rng_state()
             # 1. seeds: a balanced batch.
             seeds: list[Seed] = sample_batch(pool, t.rollout_batch_size, cfg.game.harmful_fraction, rng)
@@ -249,6 +256,14 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
                 break
     tracker.close()
     return last
+
+
+def _out_of_time(limit_min: float, started: float, step_s: float, accelerator: Any, learner: Learner) -> bool:
+    """Would one more step (as long as the last) end past the limit? (All processes agree.)"""
+    if not limit_min:
+        return False
+    over = time.perf_counter() - started + step_s > 60 * limit_min
+    return bool(learner._max(int(over))) if accelerator else over
 
 
 def _players(cfg: Config, trainable: TrainablePolicy, sampler: Any, accelerator: Any) -> tuple[MeteredPolicy, MeteredPolicy | None]:

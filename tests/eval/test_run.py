@@ -78,3 +78,18 @@ def test_attacks_from_run_and_generate(tmp_path):
     out = generate_attacks(FakePolicy("plan </think><answer>new prompt</answer>", "x"),
                            [Seed("s", "harmful")], cot=True, params=SamplingParams(8))
     assert out[0]["attack"] == "new prompt" and out[0]["cot_violation"] is False
+
+
+def test_select_prompts_by_subset_and_cap():
+    from selfredteam.errors import UserError
+    from selfredteam.eval.run import select_prompts
+
+    sets = {"wj": [EvalPrompt(f"h{i}", "harmful", "harmful_adversarial", "") for i in range(500)]
+            + [EvalPrompt(f"b{i}", "benign", "benign_adversarial", "") for i in range(65)]
+            + [EvalPrompt(f"v{i}", "harmful", "harmful_vanilla", "") for i in range(500)]}
+    out = select_prompts(sets, ["harmful_adversarial", "benign_adversarial"], 120, seed=0)
+    subsets = [p.subset for p in out["wj"]]
+    assert subsets.count("harmful_adversarial") == 120 and subsets.count("benign_adversarial") == 65
+    assert "harmful_vanilla" not in subsets and out == select_prompts(sets, ["harmful_adversarial", "benign_adversarial"], 120)
+    with pytest.raises(UserError, match="Unknown subset"):
+        select_prompts(sets, ["xstest_safe"], None)

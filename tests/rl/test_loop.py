@@ -261,3 +261,13 @@ def test_one_step_logs_role_advantages_budget_hits_sft_pull_and_the_monitor(tiny
     assert step["loss/sft_grad_ratio"] > 0
     games = [json.loads(x) for x in (out / "games" / "step_1.jsonl").read_text().splitlines()]
     assert sorted(g["sample"] for g in games) == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_time_limit_stops_with_a_resumable_checkpoint(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    logs = []
+    train(cfg_for(tiny_model_dir, "train.time_limit_min=0.0001", "train.save_every=100", steps=5), out,
+          judge=FakeJudge(), log=logs.append)
+    assert [r["step"] for r in read_metrics(out)] == [1]  # the first step always runs
+    assert (out / "checkpoints" / "latest").read_text() == "step_1"
+    assert any("train.time_limit_min=0.0001 reached: stopped after step 1 of 5" in str(x) for x in logs)

@@ -1,0 +1,143 @@
+"""Is the trained defender safer, or only refusing more? Train the cpu-demo preset with several
+seeds, evaluate base and trained models on the shipped eval splits, print the table.
+
+For each seed: `selfredteam train --preset cpu-demo` (wall time and peak RSS measured), then
+`selfredteam eval --model RUN --baseline embedded` on the same prompts: refusal rates, refusal
+discrimination J = refusal(harmful) - refusal(benign) per benchmark family and its change ΔJ with
+a paired bootstrap interval, the change in over-refusal per benign split, ASR, and the share of
+non-refusal answers that are one stock phrase. Finished parts are reused (runs, the baseline's
+answers), so a re-run only prints, and a variant only trains what it must.
+
+    python benchmarks/efficacy.py --seeds 0 1 --out runs/efficacy
+    python benchmarks/efficacy.py --seeds 0 1 --out runs/eff-grpo --name grpo \\
+        --set train.algorithm=grpo --set train.samples_per_prompt=4 --baseline-out runs/efficacy/base
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import cpu_name
+
+SPLITS = "harmful_adversarial,benign_adversarial,harmful_vanilla,benign_vanilla,xstest_safe,xstest_unsafe,or_bench_hard"
+OVER_REFUSAL = [("wildjailbreak", "benign_adversarial", "WJB adv benign"), ("xstest", "xstest_safe", "XSTest safe"),
+                ("or_bench_hard", "or_bench_hard", "OR-Bench-Hard")]
+_MEASURE = ("import json, resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[2:]); "
+            "json.dump({'rc': r.returncode, 'wall_s': time.time() - t, 'peak_rss_gib': "
+            "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}, open(sys.argv[1], 'w'))")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "selfredteam", *args]
+
+
+def measured(cmd: list[str], record: Path) -> dict:
+    """Run `cmd` in its own process tree; its wall time and peak RSS go to `record`."""
+    subprocess.run([sys.executable, "-c", _MEASURE, str(record), *cmd], check=True)
+    stats = json.loads(record.read_text())
+    if stats["rc"]:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {stats['rc']}")
+    return stats
+
+
+def train(run: Path, seed: int, sets: list[str]) -> dict:
+    record = run / "efficacy_train.json"
+    if record.is_file() and (run / "checkpoints" / "latest").is_file():
+        return json.loads(record.read_text())
+    run.mkdir(parents=True, exist_ok=True)
+    cmd = cli("train", "--preset", "cpu-demo", "--out", str(run), "--set", f"run.seed={seed}", *sets)
+    return measured(cmd, record)
+
+
+def evaluate(run: Path, base_out: Path, sets: list[str], per_subset: int) -> dict:
+    out = run / "eval" / "efficacy"
+    if not (out / "comparison.json").is_file():
+        cmd = cli("eval", "--model", str(run), "--baseline", "embedded", "--baseline-out", str(base_out),
+                  "--benchmarks", "wildjailbreak,xstest,or_bench_hard", "--subsets", SPLITS,
+                  "--per-subset", str(per_subset), "--out", str(out), *sets)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return json.loads((out / "comparison.json").read_text())
+
+
+def _pct(rate: dict) -> str:
+    return f"{rate['k'] / rate['n']:.2f}" if rate["n"] else "-"
+
+
+def _ci(d: dict) -> str:
+    return f"{d['value']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+
+
+def _last(run: Path, key: str) -> float | None:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return vals[-1] if vals else None
+
+
+def _stock(summary_path: Path) -> float:
+    subsets = json.loads(summary_path.read_text())["subsets"]
+    return max((e.get("stock_phrase_share") or 0.0) for e in subsets)
+
+
+def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: Path) -> str:
+    lines = [f"### {name}", "", f"{cpu_name()}; `selfredteam train --preset cpu-demo` + `eval --baseline embedded`; "
+             "95% intervals (J: Newcombe; changes: paired bootstrap over prompts).", ""]
+    header = ["seed", "WJB-adv refusal harmful (base -> trained)", "WJB-adv refusal benign", "J base -> trained",
+              "ΔJ WJB-adv", "ASR WJB-adv harmful", *(f"Δ over-refusal {n}" for *_, n in OVER_REFUSAL),
+              "stock phrase (max split) base / trained", "KL end", "wall", "peak RSS"]
+    lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    base_stock = _stock(base_out / "summary.json")
+    for seed, (tr, comp) in sorted(runs.items()):
+        fam = {f["family"]: f for f in comp["families"]}["wildjailbreak_adversarial"]
+        sub = {(e["benchmark"], e["subset"]): e for e in comp["subsets"]}
+        harm = sub[("wildjailbreak", "harmful_adversarial")]
+        b, m = fam["baseline"], fam["model"]
+        cells = [f"{_pct(b['harmful_refusal'])} -> {_pct(m['harmful_refusal'])}",
+                 f"{_pct(b['benign_refusal'])} -> {_pct(m['benign_refusal'])}",
+                 f"{b['J']['value']:+.2f} -> {m['J']['value']:+.2f}", _ci(fam["delta_J"]),
+                 f"{_pct(harm['baseline_asr'])} -> {_pct(harm['model_asr'])}"]
+        cells += [_ci(sub[(bench, split)]["delta_over_refusal"]) for bench, split, _ in OVER_REFUSAL]
+        run = out / f"run{seed}"
+        cells += [f"{base_stock:.2f} / {_stock(run / 'eval' / 'efficacy' / 'summary.json'):.2f}",
+                  f"{_last(run, 'kl/mean') or 0:.2f}", f"{tr['wall_s'] / 60:.1f} min", f"{tr['peak_rss_gib']:.2f} GiB"]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    lines += ["", "J per family (trained, ΔJ vs base):", ""]
+    for seed, (_, comp) in sorted(runs.items()):
+        lines.append(f"- seed {seed}: " + "; ".join(f"{f['family']} J {f['model']['J']['value']:+.2f} "
+                                                     f"(ΔJ {_ci(f['delta_J'])})" for f in comp["families"]))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--out", type=Path, default=Path("runs/efficacy"))
+    ap.add_argument("--name", default="cpu-demo preset")
+    ap.add_argument("--set", action="append", default=[], help="config override for train and eval (repeatable)")
+    ap.add_argument("--per-subset", type=int, default=120, help="prompts per eval split (all when smaller)")
+    ap.add_argument("--baseline-out", type=Path, help="where the base model's answers are kept (default OUT/base)")
+    ap.add_argument("--train-only", action="store_true")
+    args = ap.parse_args()
+    sets = [x for s in args.set for x in ("--set", s)]
+    base_out = args.baseline_out or args.out / "base"
+    runs = {}
+    t0 = time.time()
+    for seed in args.seeds:
+        run = args.out / f"run{seed}"
+        tr = train(run, seed, sets)
+        print(f"seed {seed}: trained in {tr['wall_s'] / 60:.1f} min, peak RSS {tr['peak_rss_gib']:.2f} GiB", flush=True)
+        if not args.train_only:
+            runs[seed] = (tr, evaluate(run, base_out, sets, args.per_subset))
+    if runs:
+        text = report(args.name + (f" ({' '.join(args.set)})" if args.set else ""), runs, base_out, args.out)
+        (args.out / "efficacy.md").write_text(text)
+        print(text)
+    print(f"total {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
