@@ -1,10 +1,12 @@
 """`selfredteam report RUN [RUN ...]`: one self-contained HTML file (plots embedded) + Markdown.
 
-For each run: training curves from metrics.jsonl, the before/after safety table when the run
-dir holds `eval/<name>/summary.json` files (from `selfredteam eval --out RUN/eval/<name>`),
-attack diversity of the last steps' attacker prompts, and sample games with the model text
-collapsed behind a click and a content warning. Several runs add a comparison table (e.g.
-self-play vs attacker-only vs defender-only vs no-CoT).
+For each run: training curves from metrics.jsonl, the collapse monitor's summary (rl/monitor.py:
+last-5-step means and the steps each threshold tripped), the before/after safety table when the
+run dir holds `eval/<name>/summary.json` files (from `selfredteam eval --out RUN/eval/<name>`),
+refusal discrimination J and its change against a baseline when it holds `comparison.json`
+(`eval --baseline`), and sample games with the model text collapsed behind a click and a content
+warning. Several runs add a comparison table (e.g. self-play vs attacker-only vs defender-only
+vs no-CoT).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from selfredteam.errors import UserError
+from selfredteam.eval.compare import fmt_interval
 from selfredteam.eval.metrics import Rate
 
 CURVES = [
@@ -80,6 +83,32 @@ def _eval_tables(run: Path) -> list[tuple[str, list[dict[str, Any]]]]:
     return out
 
 
+def _comparisons(run: Path) -> list[tuple[str, dict[str, Any]]]:
+    paths = sorted((run / "eval").glob("*/comparison.json")) if (run / "eval").is_dir() else []
+    return [(p.parent.name, json.loads(p.read_text())) for p in paths]
+
+
+def monitor_summary(rows: list[dict[str, Any]]) -> list[tuple[str, float | None, str, list[int]]]:
+    """(signal, last-5-step mean, threshold, steps it tripped at) for each monitor threshold, by
+    replaying the run's monitor/* metrics through the same window and thresholds as training."""
+    from selfredteam.rl.monitor import THRESHOLDS, CollapseMonitor
+
+    monitor = CollapseMonitor()
+    tripped: dict[str, list[int]] = {t.key: [] for t in THRESHOLDS}
+    for r in rows:
+        if "monitor/top_answer_share" not in r:
+            continue
+        monitor.tripped.clear()
+        monitor.update(r["step"], r)
+        for key in monitor.tripped:
+            tripped[key].append(r["step"])
+    return [(t.key, _last_mean(rows, t.key), f">= {t.above}", tripped[t.key]) for t in THRESHOLDS]
+
+
+def _steps(steps: list[int]) -> str:
+    return "none" if not steps else ", ".join(map(str, steps[:12])) + (" ..." if len(steps) > 12 else "")
+
+
 def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
 
@@ -114,6 +143,30 @@ def build_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
         md.append(f"| {name} | {len(rows)} | " + " | ".join(_fmt(v) for v in vals) + " |")
     h.append("</table>")
     for run in runs:
+        rows = data[run.name]
+        if any("monitor/top_answer_share" in r for r in rows):
+            h.append(f"<h2>Collapse monitor: {html.escape(run.name)}</h2><table><tr><th>signal</th>"
+                     "<th>last-5 mean</th><th>warns at</th><th>tripped at steps (3-step mean)</th></tr>")
+            md += ["", f"## Collapse monitor: {run.name}", "", "| signal | last-5 mean | warns at | tripped at steps |",
+                   "|---|---|---|---|"]
+            for key, mean, thr, steps in monitor_summary(rows):
+                h.append(f"<tr><td>{html.escape(key)}</td><td>{_fmt(mean)}</td><td>{thr}</td><td>{_steps(steps)}</td></tr>")
+                md.append(f"| {key} | {_fmt(mean)} | {thr} | {_steps(steps)} |")
+            h.append("</table>")
+        for label, comp in _comparisons(run):
+            title = f"Refusal discrimination: {run.name} / {label} (vs {comp.get('baseline', 'baseline')})"
+            cols = ["family", "n harm/benign", "J baseline", "J model", "ΔJ [95%]", "Δ harmful refusal", "Δ over-refusal"]
+            h.append(f"<h2>{html.escape(title)}</h2><p>J = refusal rate on harmful prompts − on benign prompts "
+                     "(benchmark labels, judge refusal label); intervals: Newcombe for J, paired bootstrap for changes.</p>"
+                     "<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
+            md += ["", f"## {title}", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+            for f in comp["families"]:
+                cells = [f["family"], f"{f['n_harmful']}/{f['n_benign']}", fmt_interval(f["baseline"]["J"]),
+                         fmt_interval(f["model"]["J"]), fmt_interval(f["delta_J"]),
+                         fmt_interval(f["delta_harmful_refusal"]), fmt_interval(f["delta_over_refusal"])]
+                h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+                md.append("| " + " | ".join(cells) + " |")
+            h.append("</table>")
         for label, subsets in _eval_tables(run):
             h.append(f"<h2>Safety eval: {html.escape(run.name)} / {html.escape(label)}</h2><table><tr><th>benchmark</th>"
                      "<th>subset</th><th>n</th><th>ASR</th><th>refusal</th><th>compliance</th><th>over-refusal</th></tr>")

@@ -18,7 +18,9 @@ def fake_run(root, name, n_steps=6):
     (run / "games").mkdir(parents=True)
     rows = [{"step": s, "reward/defender_mean": 0.1 * s, "reward/attacker_mean": -0.1 * s,
              "game/defender_correct_refusal": 0.05 * s, "game/benign_refusal_rate": 0.2,
-             "cot/violation_rate": 1 - 0.1 * s, "kl/mean": 0.01 * s, "game/asr": 0.1} for s in range(1, n_steps + 1)]
+             "cot/violation_rate": 1 - 0.1 * s, "kl/mean": 0.01 * s, "game/asr": 0.1,
+             "monitor/top_answer_share": 0.9 if s >= 3 else 0.1, "monitor/echo_thought": 0.0}
+            for s in range(1, n_steps + 1)]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     game = {"seed": "s", "seed_label": "harmful", "revised": True, "attacker": {"answer": "<b>attack</b>"},
             "defender": {"answer": "answer"}, "rewards": {"attacker": 1.0, "defender": -1.0}, "outcomes": ["x"]}
@@ -27,6 +29,10 @@ def fake_run(root, name, n_steps=6):
     (run / "eval" / "after" / "summary.json").write_text(json.dumps({"subsets": [
         {"benchmark": "xstest", "subset": "xstest_unsafe", "label": "harmful", "n": 10, "parse_errors": 0,
          "asr": {"k": 1, "n": 10, "low": 0.02, "high": 0.4}, "refusal_rate": {"k": 9, "n": 10, "low": 0.6, "high": 0.98}}]}))
+    j = {"value": 0.1, "low": 0.0, "high": 0.2}
+    (run / "eval" / "after" / "comparison.json").write_text(json.dumps({"baseline": "embedded", "families": [
+        {"family": "xstest", "n_harmful": 10, "n_benign": 12, "baseline": {"J": j}, "model": {"J": j | {"value": 0.4}},
+         "delta_J": {"value": 0.3, "low": 0.1, "high": 0.5}, "delta_harmful_refusal": j, "delta_over_refusal": j}]}))
     return run
 
 
@@ -40,6 +46,9 @@ def test_report_is_self_contained(tmp_path):
     assert "<details>" in text and "Content warning" in text and "&lt;b&gt;attack&lt;/b&gt;" in text
     md = md_path.read_text()
     assert "| selfplay | 6 |" in md and "| no-cot | 4 |" in md and "10.0% [2.0, 40.0]" in md
+    assert "| xstest | 10/12 | +0.10 [+0.00, +0.20] | +0.40 [+0.00, +0.20] | +0.30 [+0.10, +0.50] |" in md
+    # the monitor's window of 3: a top-answer share of 0.9 from step 3 trips from step 4 (mean of steps 2-4 is 0.63)
+    assert "| monitor/top_answer_share | 0.740 | >= 0.5 | 4, 5, 6 |" in md
 
 
 # Skipped on a dev machine without Chromium; in CI (.ci/run installs it) a missing browser fails.
