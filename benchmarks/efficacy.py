@@ -25,6 +25,8 @@ from pathlib import Path
 from _common import cpu_name
 
 SPLITS = "harmful_adversarial,benign_adversarial,harmful_vanilla,benign_vanilla,xstest_safe,xstest_unsafe,or_bench_hard"
+SCREEN = "harmful_adversarial,benign_adversarial,xstest_safe,or_bench_hard"
+"""`--screen`: the splits the acceptance targets name, for quicker comparisons while tuning."""
 OVER_REFUSAL = [("wildjailbreak", "benign_adversarial", "WJB adv benign"), ("xstest", "xstest_safe", "XSTest safe"),
                 ("or_bench_hard", "or_bench_hard", "OR-Bench-Hard")]
 _MEASURE = ("import json, resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[2:]); "
@@ -54,14 +56,14 @@ def train(run: Path, seed: int, sets: list[str]) -> dict:
     return measured(cmd, record)
 
 
-def evaluate(run: Path, base_out: Path, sets: list[str], per_subset: int) -> dict:
-    out = run / "eval" / "efficacy"
+def evaluate(run: Path, base_out: Path, sets: list[str], per_subset: int, splits: str) -> dict:
+    out = run / "eval" / ("efficacy" if splits == SPLITS else "screen")
     if not (out / "comparison.json").is_file():
-        cmd = cli("eval", "--model", str(run), "--baseline", "embedded", "--baseline-out", str(base_out),
-                  "--benchmarks", "wildjailbreak,xstest,or_bench_hard", "--subsets", SPLITS,
+        cmd = cli("eval", "--model", str(run), "--baseline", "embedded", "--baseline-out", str(base_out / out.name),
+                  "--benchmarks", "wildjailbreak,xstest,or_bench_hard", "--subsets", splits,
                   "--per-subset", str(per_subset), "--out", str(out), *sets)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return json.loads((out / "comparison.json").read_text())
+    return json.loads((out / "comparison.json").read_text()) | {"_dir": out.name}
 
 
 def _pct(rate: dict) -> str:
@@ -90,8 +92,8 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
               "ΔJ WJB-adv", "ASR WJB-adv harmful", *(f"Δ over-refusal {n}" for *_, n in OVER_REFUSAL),
               "stock phrase (max split) base / trained", "KL end", "wall", "peak RSS"]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    base_stock = _stock(base_out / "summary.json")
     for seed, (tr, comp) in sorted(runs.items()):
+        base_stock = _stock(base_out / comp["_dir"] / "summary.json")
         fam = {f["family"]: f for f in comp["families"]}["wildjailbreak_adversarial"]
         sub = {(e["benchmark"], e["subset"]): e for e in comp["subsets"]}
         harm = sub[("wildjailbreak", "harmful_adversarial")]
@@ -102,7 +104,7 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
                  f"{_pct(harm['baseline_asr'])} -> {_pct(harm['model_asr'])}"]
         cells += [_ci(sub[(bench, split)]["delta_over_refusal"]) for bench, split, _ in OVER_REFUSAL]
         run = out / f"run{seed}"
-        cells += [f"{base_stock:.2f} / {_stock(run / 'eval' / 'efficacy' / 'summary.json'):.2f}",
+        cells += [f"{base_stock:.2f} / {_stock(run / 'eval' / comp['_dir'] / 'summary.json'):.2f}",
                   f"{_last(run, 'kl/mean') or 0:.2f}", f"{tr['wall_s'] / 60:.1f} min", f"{tr['peak_rss_gib']:.2f} GiB"]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     lines += ["", "J per family (trained, ΔJ vs base):", ""]
@@ -121,6 +123,7 @@ def main() -> None:
     ap.add_argument("--per-subset", type=int, default=120, help="prompts per eval split (all when smaller)")
     ap.add_argument("--baseline-out", type=Path, help="where the base model's answers are kept (default OUT/base)")
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--screen", action="store_true", help=f"evaluate only {SCREEN}")
     args = ap.parse_args()
     sets = [x for s in args.set for x in ("--set", s)]
     base_out = args.baseline_out or args.out / "base"
@@ -131,7 +134,7 @@ def main() -> None:
         tr = train(run, seed, sets)
         print(f"seed {seed}: trained in {tr['wall_s'] / 60:.1f} min, peak RSS {tr['peak_rss_gib']:.2f} GiB", flush=True)
         if not args.train_only:
-            runs[seed] = (tr, evaluate(run, base_out, sets, args.per_subset))
+            runs[seed] = (tr, evaluate(run, base_out, sets, args.per_subset, SCREEN if args.screen else SPLITS))
     if runs:
         text = report(args.name + (f" ({' '.join(args.set)})" if args.set else ""), runs, base_out, args.out)
         (args.out / "efficacy.md").write_text(text)

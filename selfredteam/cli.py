@@ -224,6 +224,7 @@ def self_distill_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write (prompt, response, thought).")],
     preset: PresetOpt = "cpu-demo",
     seeds: Annotated[int, typer.Option("--seeds", "-n", help="Vanilla seeds to answer (half harmful).")] = 96,
+    max_per_phrase: Annotated[int, typer.Option(help="Keep at most this many replies with the same first sentence (0 = no cap).")] = 2,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
@@ -258,7 +259,8 @@ def self_distill_cmd(
     rng = random.Random(cfg.run.seed)
     batch = sample_batch(pool, seeds, cfg.game.harmful_fraction, rng)
     with console.status(f"Answering {len(batch)} seeds..."):
-        rows = self_distill(batch, policy, judge, sampling_params(cfg.generation, "defender", False), rng)
+        rows = self_distill(batch, policy, judge, sampling_params(cfg.generation, "defender", False), rng,
+                            max_per_phrase=max_per_phrase)
     _warn_truncations(policy, judge)
     if not rows:
         raise UserError(f"No reply of {len(batch)} was both a judged refusal of a harmful seed and one "

@@ -96,9 +96,10 @@ def select_prompts(sets: dict[str, list[EvalPrompt]], subsets: list[str] | None,
         for p in prompts:
             if not wanted or p.subset in wanted:
                 by_subset[p.subset].append(p)
-        rng = random.Random(seed)
-        kept = [p for _, items in sorted(by_subset.items())
-                for p in (rng.sample(items, per_subset) if per_subset and per_subset < len(items) else items)]
+        # One RNG per subset: a subset's sample does not depend on which other subsets are chosen.
+        kept = [p for name, items in sorted(by_subset.items())
+                for p in (random.Random(f"{seed}:{name}").sample(items, per_subset)
+                          if per_subset and per_subset < len(items) else items)]
         if kept:
             out[name] = kept
     if not out:

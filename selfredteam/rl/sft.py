@@ -160,7 +160,7 @@ def whole_sentences(text: str) -> str:
 
 
 def self_distill(seeds: list[Seed], policy: Policy, judge: Judge, params: SamplingParams,
-                 rng: random.Random) -> list[dict[str, Any]]:
+                 rng: random.Random, max_per_phrase: int = 0) -> list[dict[str, Any]]:
     """SFT rows from the policy's own direct replies that the judge scores as the right defence.
 
     Each seed is answered once without CoT (the defender's prompt, no attacker turn). A reply is
@@ -172,7 +172,14 @@ def self_distill(seeds: list[Seed], policy: Policy, judge: Judge, params: Sampli
     one or two short sentences anyway). The two kinds are then balanced, as many refusals as
     answers, so the set itself does not favour refusing (the CPU demo still drifts towards
     over-refusal under RL: BENCHMARKS.md, "Learning curve of the CPU demo").
+
+    `max_per_phrase` > 0 keeps at most that many replies with the same first sentence
+    (eval.metrics.answer_key): a set where a third of the refusals are one stock sentence teaches
+    that sentence, and a defender that says one sentence to everything.
     """
+    from selfredteam.eval.metrics import answer_key
+
+    per_phrase: dict[str, int] = {}
     games = play_games(seeds, policy, judge, rules=GameConfig(cot=False, revise_fraction=0.0),
                        attacker_params=params, defender_params=params, rng=rng)
     kept: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
@@ -190,6 +197,10 @@ def self_distill(seeds: list[Seed], policy: Policy, judge: Judge, params: Sampli
             answer = whole_sentences(answer)
         if len(answer.split()) < MIN_TARGET_WORDS:
             continue
+        key = answer_key(answer)
+        if max_per_phrase and per_phrase.get(key, 0) >= max_per_phrase:
+            continue
+        per_phrase[key] = per_phrase.get(key, 0) + 1
         row = {"prompt": g.seed, "response": answer, "thought": NEUTRAL_THOUGHT,
                "label": g.seed_label, "source": g.seed_source}
         kept[refused].append(row)

@@ -93,3 +93,13 @@ def test_select_prompts_by_subset_and_cap():
     assert "harmful_vanilla" not in subsets and out == select_prompts(sets, ["harmful_adversarial", "benign_adversarial"], 120)
     with pytest.raises(UserError, match="Unknown subset"):
         select_prompts(sets, ["xstest_safe"], None)
+
+
+def test_a_subset_sample_does_not_depend_on_the_other_subsets():
+    from selfredteam.eval.run import select_prompts
+
+    sets = {"wj": [EvalPrompt(f"h{i}", "harmful", "harmful_adversarial", "") for i in range(500)]
+            + [EvalPrompt(f"v{i}", "harmful", "harmful_vanilla", "") for i in range(500)]}
+    alone = select_prompts(sets, ["harmful_adversarial"], 50)["wj"]
+    both = select_prompts(sets, None, 50)["wj"]
+    assert alone == [p for p in both if p.subset == "harmful_adversarial"]

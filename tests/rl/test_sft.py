@@ -152,3 +152,12 @@ def test_embedded_self_distill_set_is_balanced():
     labels = [r["label"] for r in rows]
     assert len(rows) >= 20 and labels.count("harmful") == labels.count("benign")
     assert len(load_sft_rows("embedded")) == len(rows)
+
+
+def test_self_distill_caps_replies_that_say_the_same_sentence():
+    replies = {f"harm {i}": ("Sorry, I cannot help with that. Really.", "stop") for i in range(4)}
+    replies |= {f"bake {i}": (f"Use {i} cups of flour and bake it.", "stop") for i in range(4)}
+    seeds = [Seed(p, "harmful" if p.startswith("harm") else "benign") for p in replies]
+    rows = self_distill(seeds, FakeDefender(replies), FakeKeywordJudge(), SamplingParams(16, 1.0, 1.0, ()),
+                        random.Random(0), max_per_phrase=2)
+    assert [r["label"] for r in rows] == ["harmful", "harmful", "benign", "benign"]  # 4 stock refusals -> 2
