@@ -158,7 +158,8 @@ class TrainConfig:
     """Which roles learn. attacker-only: the defender is the frozen reference (or defender_model);
     defender-only: no attacker turn, vanilla seeds plus optional static_prompts."""
     defender_model: str | None = None
-    """attacker-only: an HF id/dir for a frozen defender instead of the reference policy."""
+    """attacker-only: a frozen defender instead of the reference policy: an HF id/dir, `embedded`,
+    a `train` run dir (its defender, merged), or `openai:URL#model` (`selfredteam exploit` uses it)."""
     static_prompts: str | None = None
     """defender-only: a file of adversarial prompts (same format as seeds) mixed into each batch."""
     samples_per_prompt: int = 1

@@ -125,3 +125,17 @@ def test_one_class_seed_pool_warns_in_play_and_stops_train(tmp_path, tiny_model_
     res = _tiny_cli("train", tmp_path, tiny_model_dir, seeds, "--set", "train.steps=1")
     assert_clean_error(res, "no harmful seeds", "0 harmful, 2 benign", "game.harmful_fraction")
     assert not (tmp_path / "train").exists()
+
+
+def test_study_and_probes_reject_bad_input_before_training(tmp_path):
+    out = tmp_path / "study"
+    assert_clean_error(run_cli("study", "--variants", "selfplay,nash", "--out", str(out)),
+                       "Unknown variant(s) nash", "selfplay, attacker-only, defender-only, no-cot")
+    assert_clean_error(run_cli("study", "--variants", "selfplay", "--benchmarks", "xstest,nope", "--out", str(out)),
+                       "Unknown benchmark 'nope'")
+    assert not out.exists()
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    assert_clean_error(run_cli("exploit", str(not_a_run)), "is not a `selfredteam train` run dir")
+    assert_clean_error(run_cli("crossplay", str(not_a_run), "--out", str(tmp_path / "cp")), "is not a `selfredteam train` run dir")
+    assert not (not_a_run / "exploit").exists()

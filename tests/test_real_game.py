@@ -88,3 +88,24 @@ def test_real_train_step(tmp_path):
     m = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert m["loss/grad_norm"] > 0 and m["samples"] >= 4
     assert (tmp_path / "checkpoints" / "step_1" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_real_two_variant_study(tmp_path):
+    """`selfredteam study` end to end with the embedded model and judge: 2 variants x 1 step."""
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "selfredteam.cli", "study", "--variants", "selfplay,no-cot", "--seeds", "0",
+           "--out", str(out), "--subsets", "harmful_adversarial,benign_adversarial", "--per-subset", "3",
+           "--diversity-seeds", "4", "--set", "train.steps=1", "--set", "train.rollout_batch_size=4",
+           "--set", "train.train_batch_size=4", "--set", "generation.attacker_max_new_tokens=24",
+           "--set", "generation.defender_max_new_tokens=48"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env={**os.environ})
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = json.loads((out / "study.json").read_text())
+    assert set(table["variants"]) == {"selfplay", "no-cot"}
+    assert table["comparisons"][0]["comparison"] == "hidden CoT"
+    assert (out / "report" / "report.html").is_file() and "| selfplay | 0 |" in (out / "study.md").read_text()
+    # A re-run finds every phase done: nothing is trained or answered again.
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")}
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")}

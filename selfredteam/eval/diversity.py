@@ -31,7 +31,7 @@ def attacks_from_run(run: Path, last_steps: int | None = None) -> list[dict[str,
     for f in files:
         for line in f.read_text(encoding="utf-8").splitlines():
             g = json.loads(line)
-            if g.get("attacker"):
+            if g.get("attacker") and not g.get("sample"):  # k games of a seed share one attack
                 out.append({"seed": g["seed"], "seed_label": g["seed_label"], "attack": g["attacker"]["answer"]})
     return out
 

@@ -118,16 +118,52 @@ def _sample_games(run: Path, n: int = 6) -> list[dict[str, Any]]:
     return [json.loads(x) for x in files[-1].read_text().splitlines()[:n]] if files else []
 
 
-def build_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
-    """Write OUT/report.html (self-contained) and OUT/report.md; return their paths."""
-    data = {r.name: _metrics(r) for r in runs}
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+          "th:first-child,td:first-child{text-align:left}.warn{background:#fff3cd;padding:8px;border-radius:4px}"
+          "pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}")
+
+
+def _page(title: str, body: list[str]) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}"
+            "</style></head><body>" + "\n".join(body) + "</body></html>")
+
+
+def crossplay_report(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """OUT/report.html (heat maps embedded) and OUT/report.md for a `selfredteam crossplay` matrix."""
+    from selfredteam.experiments.crossplay import METRICS, heatmap_png
+
+    png = base64.b64encode(heatmap_png(result)).decode()
+    h = [f"<h1>Cross-play: attackers (rows) x defenders (columns)</h1><p>{result['n_seeds']} seeds, half harmful; "
+         "95% Wilson intervals.</p>", f"<img id='heatmap' alt='cross-play heat maps' src='data:image/png;base64,{png}' "
+         "style='width:100%'>"]
+    md = ["# Cross-play: attackers (rows) x defenders (columns)", ""]
+    for key, title in METRICS:
+        cols = result["defenders"]
+        h.append(f"<h2>{html.escape(title)}</h2><table><tr><th>attacker \\ defender</th>"
+                 + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
+        md += [f"## {title}", "", "| attacker \\ defender | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for a in result["attackers"]:
+            cells = [str(Rate(**result["cells"][a][d][key])) for d in cols]
+            h.append(f"<tr><td>{html.escape(a)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            md.append(f"| {a} | " + " | ".join(cells) + " |")
+        h.append("</table>")
+        md.append("")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text(_page("selfredteam cross-play", h), encoding="utf-8")
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return out / "report.html", out / "report.md"
+
+
+def build_report(runs: list[Path], out: Path, labels: list[str] | None = None) -> tuple[Path, Path]:
+    """Write OUT/report.html (self-contained) and OUT/report.md; return their paths. `labels`
+    name the runs (default: their dir names)."""
+    labels = labels or [r.name for r in runs]
+    if len(set(labels)) != len(labels):
+        labels = [f"{r.parent.name}/{r.name}" for r in runs]
+    data = dict(zip(labels, (_metrics(r) for r in runs)))
     curves = plot_curves(data)
     h: list[str] = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>selfredteam report</title><style>"
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "th:first-child,td:first-child{text-align:left}.warn{background:#fff3cd;padding:8px;border-radius:4px}"
-        "pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}</style></head><body>",
         "<h1>selfredteam report</h1>",
         "<h2>Training curves</h2>",
         f"<img id='curves' alt='training curves' src='data:image/png;base64,{curves}' style='width:100%'>",
@@ -142,19 +178,19 @@ def build_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
         h.append(f"<tr><td>{html.escape(name)}</td><td>{len(rows)}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in vals) + "</tr>")
         md.append(f"| {name} | {len(rows)} | " + " | ".join(_fmt(v) for v in vals) + " |")
     h.append("</table>")
-    for run in runs:
-        rows = data[run.name]
+    for name, run in zip(labels, runs):
+        rows = data[name]
         if any("monitor/top_answer_share" in r for r in rows):
-            h.append(f"<h2>Collapse monitor: {html.escape(run.name)}</h2><table><tr><th>signal</th>"
+            h.append(f"<h2>Collapse monitor: {html.escape(name)}</h2><table><tr><th>signal</th>"
                      "<th>last-5 mean</th><th>warns at</th><th>tripped at steps (3-step mean)</th></tr>")
-            md += ["", f"## Collapse monitor: {run.name}", "", "| signal | last-5 mean | warns at | tripped at steps |",
+            md += ["", f"## Collapse monitor: {name}", "", "| signal | last-5 mean | warns at | tripped at steps |",
                    "|---|---|---|---|"]
             for key, mean, thr, steps in monitor_summary(rows):
                 h.append(f"<tr><td>{html.escape(key)}</td><td>{_fmt(mean)}</td><td>{thr}</td><td>{_steps(steps)}</td></tr>")
                 md.append(f"| {key} | {_fmt(mean)} | {thr} | {_steps(steps)} |")
             h.append("</table>")
         for label, comp in _comparisons(run):
-            title = f"Refusal discrimination: {run.name} / {label} (vs {comp.get('baseline', 'baseline')})"
+            title = f"Refusal discrimination: {name} / {label} (vs {comp.get('baseline', 'baseline')})"
             cols = ["family", "n harm/benign", "J baseline", "J model", "ΔJ [95%]", "Δ harmful refusal", "Δ over-refusal"]
             h.append(f"<h2>{html.escape(title)}</h2><p>J = refusal rate on harmful prompts − on benign prompts "
                      "(benchmark labels, judge refusal label); intervals: Newcombe for J, paired bootstrap for changes.</p>"
@@ -168,9 +204,9 @@ def build_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
                 md.append("| " + " | ".join(cells) + " |")
             h.append("</table>")
         for label, subsets in _eval_tables(run):
-            h.append(f"<h2>Safety eval: {html.escape(run.name)} / {html.escape(label)}</h2><table><tr><th>benchmark</th>"
+            h.append(f"<h2>Safety eval: {html.escape(name)} / {html.escape(label)}</h2><table><tr><th>benchmark</th>"
                      "<th>subset</th><th>n</th><th>ASR</th><th>refusal</th><th>compliance</th><th>over-refusal</th></tr>")
-            md += ["", f"## Safety eval: {run.name} / {label}", "", "| benchmark | subset | n | ASR | refusal | compliance | over-refusal |",
+            md += ["", f"## Safety eval: {name} / {label}", "", "| benchmark | subset | n | ASR | refusal | compliance | over-refusal |",
                    "|---|---|---|---|---|---|---|"]
             for e in subsets:
                 cells = [str(Rate(**e[k])) if k in e else "" for k in ("asr", "refusal_rate", "compliance_rate", "over_refusal_rate")]
@@ -180,18 +216,17 @@ def build_report(runs: list[Path], out: Path) -> tuple[Path, Path]:
             h.append("</table>")
     h.append("<h2>Sample games (last step)</h2><p class='warn'>Content warning: model outputs below may "
              "contain harmful text; each is collapsed until you click it.</p>")
-    for run in runs:
+    for name, run in zip(labels, runs):
         for g in _sample_games(run):
             att = g.get("attacker") or {}
-            summary = (f"{html.escape(run.name)}: {g['seed_label']} seed, revised={g['revised']}, "
+            summary = (f"{html.escape(name)}: {g['seed_label']} seed, revised={g['revised']}, "
                        f"rewards={html.escape(json.dumps(g['rewards']))}, outcomes={html.escape(', '.join(g['outcomes']))}")
             body = ""
             if att:
                 body += f"<b>attacker prompt</b><pre>{html.escape(att.get('answer', ''))}</pre>"
             body += f"<b>defender answer</b><pre>{html.escape(g['defender']['answer'])}</pre>"
             h.append(f"<details><summary>{summary}</summary>{body}</details>")
-    h.append("</body></html>")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.html").write_text("\n".join(h), encoding="utf-8")
+    (out / "report.html").write_text(_page("selfredteam report", h), encoding="utf-8")
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return out / "report.html", out / "report.md"

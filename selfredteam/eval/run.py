@@ -42,8 +42,9 @@ def eval_model_config(spec: str, cfg: Any) -> Any:
     return dataclasses.replace(cfg.model, name_or_path=spec)
 
 
-def build_eval_policy(spec: str, cfg: Any) -> Policy:
-    """`embedded`, an HF id/dir/.gguf, a `train` run or checkpoint dir, or `openai:URL[#model]`."""
+def build_eval_policy(spec: str, cfg: Any, role: str = "defender") -> Policy:
+    """`embedded`, an HF id/dir/.gguf, a `train` run or checkpoint dir, or `openai:URL[#model]`.
+    `role` picks a run's adapter when it trained one per role (train.parameter_sharing=role-adapters)."""
     import dataclasses
 
     from selfredteam.policy import build_policy
@@ -59,11 +60,12 @@ def build_eval_policy(spec: str, cfg: Any) -> Policy:
     set_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)  # as TransformersPolicy.from_config does: seeded sampling
     device = resolve_device(model_cfg.device)
-    model, tokenizer, ckpt = load_merged(Path(spec), dtype=resolve_dtype(model_cfg.dtype, device))
+    model, tokenizer, ckpt = load_merged(Path(spec), role=role, dtype=resolve_dtype(model_cfg.dtype, device))
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return TransformersPolicy(model.to(device).eval(), tokenizer, f"checkpoint:{ckpt}", cfg.generation.batch_size,
+    name = f"checkpoint:{ckpt}" + ("" if role == "defender" else f":{role}")
+    return TransformersPolicy(model.to(device).eval(), tokenizer, name, cfg.generation.batch_size,
                               cfg.generation.max_prompt_length)
 
 

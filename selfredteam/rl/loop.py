@@ -139,7 +139,8 @@ def _check_resume(cfg: Config, resume: Path | None) -> Path | None:
 
 def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | None = None,
           wandb_project: str | None = None, log=print, progress: Any = None) -> dict[str, Any]:
-    """Run online self-play RL; returns the last step's metrics."""
+    """Run online self-play RL; returns the last step's metrics and `run/stop_reason` (`done`,
+    `time_limit`, or `signal`: Ctrl-C / SIGTERM stopped it early, resumable)."""
     from selfredteam.judges import build_judge
     from selfredteam.policy.hf import TransformersPolicy
 
@@ -188,6 +189,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     instructions = instruction_texts()
     thoughts = [NEUTRAL_THOUGHT, HELPFUL_THOUGHT] + sorted({r.thought for r in sft_rows or [] if r.thought})
     last: dict[str, Any] = {}
+    stop_reason = "done"
     stop = StopFlag()
     started = time.perf_counter()
     with stop.installed(log):
@@ -198,6 +200,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
                     save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)})
                 log(f"Time limit train.time_limit_min={t.time_limit_min} reached: stopped after step {step} of "
                     f"{t.steps} (checkpoint saved; --resume {out} with a larger limit continues).")
+                stop_reason = "time_limit"
                 break
             rng_before, torch_rng_before = rng.getstate(), torch.get_rng_state()
             # 1. seeds: a balanced batch.
@@ -253,9 +256,10 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
             stop.requested = stop_now
             if stop.requested:
                 log(f"Stopped at step {step + 1}; resume with --resume {out}.")
+                stop_reason = "signal" if step + 1 < t.steps else "done"
                 break
     tracker.close()
-    return last
+    return last | {"run/stop_reason": stop_reason}
 
 
 def _out_of_time(limit_min: float, started: float, step_s: float, accelerator: Any, learner: Learner) -> bool:
@@ -307,14 +311,12 @@ def _accelerator() -> Any | None:
 
 
 def _frozen_defender(cfg: Config, trainable: TrainablePolicy, sampler: Any) -> Policy:
-    """attacker-only: the defender is another model, or the reference (adapters disabled)."""
+    """attacker-only: the defender is another model (an HF id/dir, a `train` run, an endpoint),
+    or the reference (adapters disabled)."""
     if cfg.train.defender_model:
-        import dataclasses
+        from selfredteam.eval.run import build_eval_policy
 
-        from selfredteam.policy import build_policy
-
-        model = dataclasses.replace(cfg.model, name_or_path=cfg.train.defender_model)
-        return build_policy(dataclasses.replace(cfg, model=model))
+        return build_eval_policy(cfg.train.defender_model, cfg)
     if not trainable.is_lora:
         raise UserError("attacker-only with full fine-tuning needs train.defender_model (a frozen defender).")
     return RoleView(trainable, sampler, "defender", reference=True)

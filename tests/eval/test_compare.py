@@ -58,3 +58,13 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():
 def test_parse_errors_are_left_out_of_the_pairs():
     c = compare_models(rows(True, False, parse_error_at=3), rows(False, False), seed=0, reps=200)
     assert c["families"][0]["n_harmful"] == 39 and c["families"][0]["n_benign"] == 39
+
+
+def test_several_models_are_averaged_with_a_joint_bootstrap():
+    a, b = rows(True, False), rows(lambda i: i % 2 == 0, False)  # J 1.0 and 0.5
+    c = compare_models([a, b], rows(False, False), seed=0, reps=300)
+    (fam,) = c["families"]
+    assert c["n_models"] == 2 and fam["model"]["J"]["value"] == 0.75
+    assert fam["per_model_delta_J"] == [1.0, 0.5] and fam["delta_J"]["value"] == 0.75
+    assert fam["delta_J"]["low"] <= 0.75 <= fam["delta_J"]["high"]
+    assert fam["model"]["harmful_refusal"]["k"] == 60 and fam["model"]["harmful_refusal"]["n"] == 80

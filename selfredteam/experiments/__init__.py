@@ -1,0 +1,1 @@
+"""Experiments that compose training and evaluation: study, exploitability probe, cross-play."""
