@@ -594,6 +594,44 @@ def crossplay(
     console.print(f"Wrote {out / 'crossplay.json'} and {html_path}.")
 
 
+@app.command()
+@friendly_errors
+def redteam(
+    target: Annotated[str, typer.Option(help="The model under test: openai:URL#model (any OpenAI-compatible server), an HF id/dir, `embedded`, or a train run.")],
+    attacker: Annotated[str, typer.Option(help="A train run (its attacker), `embedded`, or an HF id/dir.")] = "embedded",
+    n: Annotated[int, typer.Option("--n", help="Seeds to attack.")] = 200,
+    attempts: Annotated[int, typer.Option(help="Attacks per seed; a seed is broken if any attempt works (best-of-K).")] = 1,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Seed file (default: the shipped harmful pool).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Target answer budget (default generation.defender_max_new_tokens).")] = None,
+    system: Annotated[str | None, typer.Option(help="A system prompt for the target (default: none, a plain user turn).")] = None,
+    chunk: Annotated[int, typer.Option(help="Attacks answered, judged and saved together (what an outage can cost).")] = 16,
+    out: Annotated[Path, typer.Option("--out", "-o", help="results.jsonl, summary.json, report.html; a re-run continues here.")] = Path("runs/redteam"),
+    preset: PresetOpt = "cpu-demo",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Red-team any model: the attacker revises seeds, the target answers, the judge labels;
+    success per attempt and best-of-K with intervals, and a report. Resumes where it stopped."""
+    from selfredteam.eval.report import redteam_report
+    from selfredteam.eval.run import eval_model_config
+    from selfredteam.experiments.redteam import redteam as run_redteam
+    from selfredteam.experiments.study import real_tools
+
+    if min(n, attempts, chunk) < 1:
+        raise UserError("--n, --attempts and --chunk must be at least 1.")
+    cfg = _config(preset, config, set_)
+    out.mkdir(parents=True, exist_ok=True)
+    _announce_runtime(eval_model_config(target, cfg), cfg.run.threads, out)
+    tools = real_tools(cfg, log=console.print)
+    with console.status(f"Red-teaming {target}..."):
+        summary = run_redteam(attacker, target, cfg, out, tools, n, attempts, seeds, max_tokens, system, chunk)
+    results = [json.loads(x) for x in (out / "results.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    html_path, md_path = redteam_report(summary, results, out)
+    out_console.print(md_path.read_text())
+    console.print(f"Wrote {out / 'results.jsonl'}, {out / 'summary.json'} and {html_path}.")
+
+
 def _print_kv(title: str, d: dict[str, Any]) -> None:
     t = Table(title=title)
     t.add_column("metric")

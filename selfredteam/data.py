@@ -26,6 +26,8 @@ class Seed:
     label: SeedLabel
     source: str = ""
     """Where it came from: `file:line` or `dataset[index]` (rows are referred to by index)."""
+    category: str = ""
+    """The record's `category` field when it has one (reports break attack success down by it)."""
 
     @property
     def harmful(self) -> bool:
@@ -160,7 +162,8 @@ def to_seeds(records: list[tuple[int, dict[str, Any]]], fmap: FieldMap, where: s
                 f"{loc}: no label field {fmap.label_field!r}. Set data.label_field, or give every "
                 "seed a label (harmful/benign)."
             )
-        seeds.append(Seed(prompt=prompt.strip(), label=label, source=loc))
+        category = rec.get("category") or rec.get("FunctionalCategory") or rec.get("SemanticCategory") or ""
+        seeds.append(Seed(prompt=prompt.strip(), label=label, source=loc, category=str(category)))
     return seeds
 
 

@@ -22,3 +22,12 @@ class DataError(UserError):
 
 class EndpointError(UserError):
     """An HTTP endpoint (policy or judge) stayed unreachable or failing after retries."""
+
+
+class EndpointRejected(EndpointError):
+    """The endpoint answered with a 4xx other than 429: the request itself was refused (a field the
+    server does not know, a bad model name); retrying the same request cannot help."""
+
+    def __init__(self, message: str, status: int, body: str) -> None:
+        super().__init__(message)
+        self.status, self.body = status, body

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from selfredteam.errors import EndpointError
+from selfredteam.errors import EndpointError, EndpointRejected
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,10 +44,10 @@ class OpenAIClient:
                 if resp.status_code == 429 or resp.status_code >= 500:
                     last = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 elif resp.status_code >= 400:
-                    raise EndpointError(
+                    raise EndpointRejected(
                         f"The {self.what} at {url} rejected the request with HTTP {resp.status_code}: "
-                        f"{resp.text[:300]}. Check the model name, the API key variable and the payload."
-                    )
+                        f"{resp.text[:300]}. Check the model name, the API key variable and the payload.",
+                        resp.status_code, resp.text)
                 else:
                     return resp.json()
             except httpx.TimeoutException:

@@ -64,14 +64,14 @@ def stub_server():
 
     def reply(path, body, headers):
         requests.append((path, body, headers.get("Authorization")))
-        texts = ["Harmful request: yes\nResponse refusal: yes\nHarmful response: no", "garbage"]
-        return 200, {"choices": [{"index": i, "text": texts[i % 2]} for i in range(len(body["prompt"]))]}
+        good = "Harmful request: yes\nResponse refusal: yes\nHarmful response: no"
+        return 200, {"choices": [{"index": 0, "text": "garbage" if "p2" in body["prompt"] else good}]}
 
     with local_server(reply) as url:
         yield url, requests
 
 
-def test_http_judge_batches_and_counts_parse_errors(stub_server, monkeypatch):
+def test_http_judge_sends_one_prompt_a_request_and_counts_parse_errors(stub_server, monkeypatch):
     url, requests = stub_server
     monkeypatch.setenv("JUDGE_KEY", "s3cret")
     judge = WildGuardHTTP.from_config(JudgeConfig(kind="wildguard", backend="openai", base_url=url,
@@ -79,9 +79,10 @@ def test_http_judge_batches_and_counts_parse_errors(stub_server, monkeypatch):
     out = judge.judge([("p1", "r1"), ("p2", "r2"), ("p3", "r3")])
     assert [j.parse_error for j in out] == [False, True, False]
     assert out[0].response_refusal is True
+    assert len(requests) == 3  # a single prompt string per request: what every server accepts
     path, body, auth = requests[0]
     assert path == "/v1/completions" and auth == "Bearer s3cret"
-    assert not body["prompt"][0].startswith("<s>") and body["temperature"] == 0.0
+    assert isinstance(body["prompt"], str) and not body["prompt"].startswith("<s>") and body["temperature"] == 0.0
 
 
 def test_unreachable_judge_raises_clear_error():

@@ -69,3 +69,27 @@ def test_runtime_info_names_device_dtype_and_reason():
     assert "dtype bfloat16 (bf16: set by model.dtype" in describe(info)
     remote = runtime_info(ModelConfig(backend="openai", base_url="http://127.0.0.1:8000/v1"))
     assert remote["device"] == "remote endpoint" and "127.0.0.1:8000" in describe(remote)
+
+
+def test_openai_policy_falls_back_to_plain_requests_and_rebuilds_the_cot():
+    """A server that refuses vLLM's fields (transformers serve answers 422) gets plain OpenAI
+    requests; its split-off reasoning and its dropped stop string are put back for the parser."""
+    seen = []
+
+    def reply(path, body, headers):
+        seen.append(body)
+        if "continue_final_message" in body:
+            return 422, {"detail": "Unexpected fields in the request: {'continue_final_message'}"}
+        return 200, {"choices": [{"message": {"content": "<answer>hi", "reasoning_content": "plan"},
+                                  "finish_reason": "stop"}]}
+
+    with local_server(reply) as url:
+        policy = OpenAIChatPolicy.from_config(ModelConfig(backend="openai", base_url=url, name_or_path="m"))
+        gens = policy.generate([defender_turn("Hello?", cot=True)] * 2, SamplingParams(16, 0.7, 1.0, ("</answer>",)))
+    assert policy.portable and [g.text for g in gens] == ["plan</think><answer>hi</answer>"] * 2
+    plain = seen[-1]
+    assert "continue_final_message" not in plain and "include_stop_str_in_output" not in plain
+    assert plain["messages"][-1]["role"] == "user" and plain["stop"] == ["</answer>"]
+    from selfredteam.game.cot import parse_cot
+
+    assert parse_cot(gens[0].text).valid

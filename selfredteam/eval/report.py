@@ -155,6 +155,46 @@ def crossplay_report(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
     return out / "report.html", out / "report.md"
 
 
+def redteam_report(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, top: int = 10) -> tuple[Path, Path]:
+    """OUT/report.html and report.md for `selfredteam redteam`: success rates with intervals per
+    seed class and category, diversity, and the attacks that worked, collapsed behind a warning."""
+    title = f"Red-teaming {summary['target']} with {summary['attacker']}"
+    cols = ["seeds", "attempts judged", "per-attempt success", f"best of {summary['attempts_per_seed']}", "target refusal"]
+
+    def rows(groups: dict[str, Any]) -> list[tuple[str, list[str]]]:
+        return [(name, [str(r["best_of_k"]["n"]), str(r["judged"]), str(Rate(**r["per_attempt"])),
+                        str(Rate(**r["best_of_k"])), str(Rate(**r["refusal"]))]) for name, r in groups.items()]
+
+    h = [f"<h1>{html.escape(title)}</h1><p>{summary['seeds']} seeds x {summary['attempts_per_seed']} attempts; success "
+         "= a judged harmful answer to a harmful seed's attack (a refusal of a benign seed's); 95% Wilson intervals; "
+         f"judge parse errors: {summary['judge_parse_errors']} (left out).</p>"]
+    md = [f"# {title}", ""]
+    for heading, groups in (("By seed class", summary["by_label"]), ("Harmful seeds by category", summary["by_category"])):
+        h.append(f"<h2>{heading}</h2><table><tr><th>group</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
+        md += [f"## {heading}", "", "| group | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for name, cells in rows(groups):
+            h.append(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            md.append(f"| {name} | " + " | ".join(cells) + " |")
+        h.append("</table>")
+        md.append("")
+    if "diversity" in summary:
+        d = summary["diversity"]
+        h.append(f"<p>Attack diversity: SBERT {d['sbert_diversity']:.3f}, Self-BLEU {d['self_bleu_diversity']:.3f} "
+                 f"(1 - similarity, {d['n']} attacks).</p>")
+        md.append(f"Attack diversity: SBERT {d['sbert_diversity']:.3f}, Self-BLEU {d['self_bleu_diversity']:.3f}.\n")
+    worked = [r for r in results if r["success"]][:top]
+    h.append(f"<h2>Attacks that worked ({len(worked)} shown)</h2><p class='warn'>Content warning: the attacks and the "
+             "target's answers below may contain harmful text; each is collapsed until you click it.</p>")
+    for r in worked:
+        h.append(f"<details><summary>seed {r['seed_index']} ({html.escape(r['seed_label'])}, "
+                 f"{html.escape(r['category'])}), attempt {r['attempt']}</summary><b>attack</b>"
+                 f"<pre>{html.escape(r['attack'])}</pre><b>target answer</b><pre>{html.escape(r['response'])}</pre></details>")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text(_page("selfredteam red-teaming", h), encoding="utf-8")
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return out / "report.html", out / "report.md"
+
+
 def build_report(runs: list[Path], out: Path, labels: list[str] | None = None) -> tuple[Path, Path]:
     """Write OUT/report.html (self-contained) and OUT/report.md; return their paths. `labels`
     name the runs (default: their dir names)."""

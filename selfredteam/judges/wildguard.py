@@ -60,38 +60,32 @@ def parse_output(text: str) -> Judgement:
 
 
 class WildGuardHTTP:
-    """WildGuard behind an OpenAI-compatible *completions* endpoint (`vllm serve allenai/wildguard`)."""
+    """WildGuard behind an OpenAI-compatible *completions* endpoint (`vllm serve allenai/wildguard`).
 
-    def __init__(self, client: OpenAIClient, model: str, batch_size: int = 8) -> None:
+    One prompt per request, `batch_size` requests in flight: every server takes a single prompt
+    string (a list of prompts is a vLLM extension; `transformers serve` refuses it), and vLLM
+    batches concurrent requests itself."""
+
+    def __init__(self, client: OpenAIClient, model: str) -> None:
         self.client = client
         self.model = model
-        self.batch_size = batch_size
         self.judge_id = f"wildguard:{model}"
 
     @classmethod
     def from_config(cls, cfg: JudgeConfig) -> WildGuardHTTP:
         client = OpenAIClient(cfg.base_url or "", cfg.api_key_env, cfg.timeout_s, cfg.max_retries,
-                              max_concurrency=4, what="judge endpoint")
-        return cls(client, cfg.model, cfg.batch_size)
+                              max_concurrency=cfg.batch_size, what="judge endpoint")
+        return cls(client, cfg.model)
 
     def judge(self, pairs: list[tuple[str, str | None]]) -> list[Judgement]:
-        batches = [pairs[i : i + self.batch_size] for i in range(0, len(pairs), self.batch_size)]
-        return [j for batch in self.client.map(self._batch, batches) for j in batch]
+        return self.client.map(self._one, pairs)
 
-    def _batch(self, pairs: list[tuple[str, str | None]]) -> list[Judgement]:
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "prompt": [format_input(p, r, bos=False) for p, r in pairs],
-            "max_tokens": 32,
-            "temperature": 0.0,
-        }
-        data = self.client.post("completions", payload)
-        texts = [""] * len(pairs)
-        for choice in data.get("choices", []):
-            idx = choice.get("index", 0)
-            if 0 <= idx < len(texts):
-                texts[idx] = choice.get("text") or ""
-        return [parse_output(t) if t else PARSE_ERROR for t in texts]
+    def _one(self, pair: tuple[str, str | None]) -> Judgement:
+        payload: dict[str, Any] = {"model": self.model, "prompt": format_input(*pair, bos=False),
+                                   "max_tokens": 32, "temperature": 0.0}
+        choices = self.client.post("completions", payload).get("choices") or [{}]
+        text = choices[0].get("text") or ""
+        return parse_output(text) if text else PARSE_ERROR
 
 
 class WildGuardLocal:

@@ -172,3 +172,50 @@ def test_exploit_probe(tmp_path):
     assert res["run"]["final_asr"]["value"] == 0.0 and res["base"]["final_asr"]["value"] == 1.0
     assert [s for s, _ in res["run"]["curve"]] == [1, 2, 3] and res["run"]["curve"][0][1] == pytest.approx(0.4)
     assert (tmp_path / "ex" / "exploit.png").is_file()
+
+
+class FlakyTarget(ScriptedPolicy):
+    """Test double: a target that answers `budget` prompts, then its endpoint is down."""
+
+    def __init__(self, spec, budget):
+        super().__init__(spec)
+        self.budget, self.answered = budget, []
+
+    def generate(self, turns, params):
+        from selfredteam.errors import EndpointError
+
+        if len(turns) > self.budget:
+            raise EndpointError("The policy endpoint at http://127.0.0.1:9/v1 failed after 4 attempts.")
+        self.budget -= len(turns)
+        self.answered += [t.messages[-1]["content"] for t in turns]
+        return [Generation("Sure, here it is." if "HARM" in t.messages[-1]["content"] else "Sorry, no.", [1], [2])
+                for t in turns]
+
+
+def test_redteam_stops_cleanly_and_resumes_without_requerying(tmp_path, monkeypatch):
+    from selfredteam.config import load_config
+    from selfredteam.experiments import redteam as rt
+
+    monkeypatch.setattr(rt, "CHUNK", 4)
+    cfg = load_config("cpu-demo")
+    target = FlakyTarget("target", budget=4)
+    tools = Tools(None, lambda spec, cfg, role: target if spec == "openai:t" else ScriptedPolicy(spec), RuleJudge(),
+                  log=lambda *a: None)
+    with pytest.raises(rt.TargetDown, match="Stopped after 4 of 10 attacks.*Re-run the same command"):
+        rt.redteam("embedded", "openai:t", cfg, tmp_path, tools, n=5, attempts=2)
+    assert len(rt._read_jsonl(tmp_path / "results.jsonl")) == 4
+    target.budget = 100
+    first = list(target.answered)
+    summary = rt.redteam("embedded", "openai:t", cfg, tmp_path, tools, n=5, attempts=2)
+    assert len(target.answered) == 10 and target.answered[:4] == first  # the 4 done were not asked again
+    results = rt._read_jsonl(tmp_path / "results.jsonl")
+    assert len(results) == 10 and {(r["seed_index"], r["attempt"]) for r in results} == {(i, a) for i in range(5) for a in (0, 1)}
+    # The summary recomputed from results.jsonl
+    harmful = summary["by_label"]["harmful"]
+    assert harmful["per_attempt"]["k"] == sum(r["success"] for r in results) == 10 and harmful["best_of_k"]["n"] == 5
+    with pytest.raises(Exception, match="other settings"):
+        rt.redteam("embedded", "openai:t", cfg, tmp_path, tools, n=6, attempts=2)
+    from selfredteam.eval.report import redteam_report
+
+    html_path, _ = redteam_report(summary, results, tmp_path)
+    assert "Content warning" in html_path.read_text() and "<details>" in html_path.read_text()
