@@ -11,6 +11,7 @@ from tests.rl.test_learner import lora_policy, lora_state, samples
 
 acc = Accelerator(cpu=True)
 rank, world = acc.process_index, acc.num_processes
+assert world == 2, f"expected 2 processes, got {world}: launch with --multi_gpu (torchrun), not --cpu"
 policy = lora_policy(0)
 cfg = TrainConfig(lr=1e-2, train_batch_size=4 // world, micro_batch_size=1, kl_coef=0.05)
 Learner(policy, cfg, acc).update(samples()[rank::world])

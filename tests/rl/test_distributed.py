@@ -22,8 +22,12 @@ def test_two_process_update_equals_single_process(tmp_path):
     if launcher is None:
         pytest.skip("accelerate launcher not installed")
     out = tmp_path / "ddp.safetensors"
+    # `--multi_gpu` makes accelerate start the processes with torchrun; the worker's
+    # Accelerator(cpu=True) then joins a gloo group. (`--cpu --num_processes 2` starts ONE
+    # process unless an MPI hostfile is given: this test passed that way, comparing one process
+    # with itself. The worker now asserts that it has a peer.)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    res = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
                           str(ROOT / "tests" / "rl" / "ddp_worker.py"), str(out)],
                          capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT))
