@@ -198,6 +198,16 @@ class TrainConfig:
     sft_warmup_steps: int = 0
     """Optimizer steps of SFT alone (sft_batch_size rows each) before the first RL step: a short
     warm start instead of (or before) SFT at every step."""
+    rollout_engine: Literal["local", "vllm"] = "local"
+    """`local`: this process samples with the model it trains. `vllm`: a vLLM server samples
+    (train.vllm_base_url), and after every update the LoRA adapter is saved and loaded there by
+    name: only the adapter moves (policy/vllm_served.py). LoRA with shared weights only."""
+    vllm_base_url: str | None = None
+    """e.g. http://127.0.0.1:8000/v1 of `vllm serve MODEL --enable-lora --max-lora-rank 16`."""
+    vllm_model: str | None = None
+    """The base model's name on the server (default: model.name_or_path)."""
+    vllm_sync_timeout_s: float = 120.0
+    """A LoRA load that takes longer raises (checkpoint saved, resume hint) instead of hanging."""
     save_every: int = 10
     time_limit_min: float = 0.0
     """Stop (with a checkpoint, resumable) before a step that would end past this many minutes of
@@ -449,6 +459,10 @@ def validate(cfg: Config) -> None:
             f"train.train_batch_size={t.train_batch_size} cannot be split into micro-batches of "
             f"train.micro_batch_size={t.micro_batch_size}: choose a micro-batch size that divides it."
         )
+    if t.rollout_engine == "vllm" and (not t.vllm_base_url or t.full_finetune or t.parameter_sharing != "shared"):
+        raise ConfigError("train.rollout_engine=vllm needs train.vllm_base_url and LoRA with shared weights "
+                          "(only the adapter is synced to the server): set train.vllm_base_url, "
+                          "train.full_finetune=false and train.parameter_sharing=shared.")
     if cfg.model.backend == "openai" and not cfg.model.base_url:
         raise ConfigError("model.backend=openai needs model.base_url, e.g. --set model.base_url=http://127.0.0.1:8000/v1.")
     if cfg.judge.kind == "wildguard" and cfg.judge.backend == "openai" and not cfg.judge.base_url:

@@ -34,13 +34,16 @@ class OpenAIClient:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers)
 
-    def post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST JSON with retries on connection errors, timeouts, 429 and 5xx."""
+    def post(self, path: str, payload: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """POST JSON with retries on connection errors, timeouts, 429 and 5xx. `timeout` overrides
+        the client's for this request. A reply that is not JSON (vLLM answers some admin calls
+        with plain text) comes back as {"text": ...}."""
         url = f"{self.base_url}/{path.lstrip('/')}"
         last = ""
+        extra = {"timeout": timeout} if timeout is not None else {}
         for attempt in range(self.max_retries + 1):
             try:
-                resp = self._client.post(url, json=payload)
+                resp = self._client.post(url, json=payload, **extra)
                 if resp.status_code == 429 or resp.status_code >= 500:
                     last = f"HTTP {resp.status_code}: {resp.text[:200]}"
                 elif resp.status_code >= 400:
@@ -49,7 +52,10 @@ class OpenAIClient:
                         f"{resp.text[:300]}. Check the model name, the API key variable and the payload.",
                         resp.status_code, resp.text)
                 else:
-                    return resp.json()
+                    try:
+                        return resp.json()
+                    except ValueError:
+                        return {"text": resp.text}
             except httpx.TimeoutException:
                 last = "timed out"
             except httpx.TransportError as e:

@@ -39,10 +39,11 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180.0) -> Server:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVE, "serve", self.model, "--host", "127.0.0.1", "--port", str(self.port),
-             "--device", "cpu", "--dtype", "float32"],
-            stdout=open(self.log, "a"), stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        with open(self.log, "a") as log:  # the child keeps its own handle
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", SERVE, "serve", self.model, "--host", "127.0.0.1", "--port", str(self.port),
+                 "--device", "cpu", "--dtype", "float32"],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

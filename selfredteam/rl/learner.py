@@ -27,6 +27,7 @@ from selfredteam.rl.advantages import (
     masked_mean,
     policy_loss,
 )
+from selfredteam.rl.distributed import is_fsdp, load_optimizer_state, optimizer_state
 from selfredteam.rl.logprobs import PackedBatch, pack, response_logprobs, scatter_rows
 from selfredteam.rl.model import TrainablePolicy
 
@@ -54,9 +55,10 @@ def warmup_lambda(warmup_steps: int):
 
 class Learner:
     """Single process by default; under `accelerate launch` the gradient pass runs through the
-    accelerator-prepared (DDP) model, advantages are whitened across processes, and the loss is
-    normalised by the global token count, so N processes on N shards update exactly like one
-    process on all the data."""
+    accelerator-prepared model (DDP, or FSDP2 with the optimizer prepared with it), advantages are
+    whitened across processes, and the loss is normalised by the global token count, so N
+    processes on N shards update exactly like one process on all the data. Under FSDP every
+    forward is a collective: every process runs as many as the busiest one (padding passes)."""
 
     def __init__(self, policy: TrainablePolicy, cfg: TrainConfig, accelerator: Any | None = None,
                  temperature: float = 1.0) -> None:
@@ -67,10 +69,15 @@ class Learner:
         self.pad_id = policy.tokenizer.pad_token_id
         self.acc = accelerator
         self.world = accelerator.num_processes if accelerator is not None else 1
+        self.fsdp = is_fsdp(accelerator)
         self.train_model = policy.model
-        if self.world > 1:
-            self.train_model = accelerator.prepare_model(policy.model)
         self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if self.fsdp:
+            # FSDP2 shards the model in place and the optimizer must follow its new parameters.
+            self.train_model, self.optimizer = accelerator.prepare(policy.model, self.optimizer)
+            policy.sharded = True
+        elif self.world > 1:
+            self.train_model = accelerator.prepare_model(policy.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(cfg.warmup_steps))
 
     # -- data-parallel helpers (identities in one process) --------------------------------
@@ -89,10 +96,18 @@ class Learner:
         return int(t.item())
 
     def _sync_context(self, last: bool):
-        """Skip the gradient all-reduce on all but the last micro-batch of a train batch."""
-        if self.world == 1 or last:
+        """Skip the gradient all-reduce on all but the last micro-batch of a train batch (DDP;
+        FSDP reduce-scatters every micro-batch)."""
+        if self.world == 1 or last or self.fsdp:
             return contextlib.nullcontext()
         return self.acc.no_sync(self.train_model)
+
+    def _padded(self, micro: list[list[int]]) -> list[tuple[list[int], bool]]:
+        """(micro-batch, real?) pairs: under FSDP as many as on the busiest process, the extra ones
+        repeating the first micro-batch (their result is dropped), since every forward of a
+        sharded model is a collective."""
+        n = self._max(len(micro)) if self.fsdp else len(micro)
+        return [(micro[k], True) if k < len(micro) else (micro[0], False) for k in range(n)]
 
     # -- batching -----------------------------------------------------------------------
     def _micro_batches(self, idx: list[int], samples: list[Sample]) -> list[list[int]]:
@@ -117,7 +132,7 @@ class Learner:
         the full pass runs and fills the list for the policy passes."""
         out: list[torch.Tensor | None] = [None] * len(samples)
         reuse = trunk is not None and all(t is not None for t in trunk)
-        for mb in self._micro_batches(list(range(len(samples))), samples):
+        for mb, real in self._padded(self._micro_batches(list(range(len(samples))), samples)):
             batch = self._pack(samples, mb)
             captured: list[torch.Tensor] = []
             capture = self.policy.capture_trunk(captured) if trunk is not None and not reuse else contextlib.nullcontext()
@@ -126,6 +141,8 @@ class Learner:
             scorer = self.policy.reference() if use_reference else contextlib.nullcontext(self.policy.model)
             with self.policy.role(samples[mb[0]].role), capture, top, scorer as model:
                 lp, _ = response_logprobs(model, batch, temperature=self.temperature, inputs_embeds=embeds)
+            if not real:
+                continue
             for row, i in enumerate(mb):
                 out[i] = lp[row, : len(samples[i].response_ids)].cpu()
                 if trunk is not None and not reuse:
@@ -149,7 +166,7 @@ class Learner:
         per_sequence = self.cfg.sft_normalize == "sequence"
         n_tokens = float(sum(len(s.response_ids) for s in sft))
         total = 0.0
-        for mb in self._micro_batches(list(range(len(sft))), sft):
+        for mb, real in self._padded(self._micro_batches(list(range(len(sft))), sft)):
             batch = self._pack(sft, mb)
             with self.policy.role("defender"):
                 lp, _ = response_logprobs(self.train_model, batch)  # SFT: the untempered model
@@ -158,8 +175,8 @@ class Learner:
                 nll = -(lp.sum(1) / lengths).sum() / len(sft)
             else:
                 nll = -lp.sum() / n_tokens
-            (coef * nll).backward()
-            total += nll.item()
+            (coef * nll * float(real)).backward()
+            total += nll.item() if real else 0.0
         return total
 
     def sft_step(self, sft: list[Sample]) -> float:
@@ -167,12 +184,16 @@ class Learner:
         self.policy.model.eval()  # no dropout, as in the RL passes
         self.optimizer.zero_grad(set_to_none=True)
         nll = self.sft_backward(sft, 1.0)
-        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.cfg.max_grad_norm)
+        self._clip()
         self.optimizer.step()
         return nll
 
+    def _clip(self) -> float:
+        gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.cfg.max_grad_norm)
+        return float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # a DTensor under FSDP
+
     def _grads(self) -> list[torch.Tensor | None]:
-        return [None if p.grad is None else p.grad.detach().clone() for p in self.policy.trainable_parameters()]
+        return [None if p.grad is None else _local(p.grad).detach().clone() for p in self.policy.trainable_parameters()]
 
     def _norm_codes(self, samples: list[Sample]) -> torch.Tensor | None:
         """Normalisation group of each sample (advantages.N_NORM_GROUPS codes), per train.advantage_norm."""
@@ -282,8 +303,7 @@ class Learner:
                 t2 = time.perf_counter()
                 t_fwd_bwd += t_sft0 - t1
                 t_sft += t2 - t_sft0
-                gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-                stats["loss/grad_norm"].append(float(gn))
+                stats["loss/grad_norm"].append(self._clip())
                 stats["loss/policy"].append(batch_loss)
                 self.optimizer.step()
                 t_opt += time.perf_counter() - t2
@@ -306,21 +326,30 @@ class Learner:
 
     def _sft_grad_ratio(self, pg: list[torch.Tensor | None]) -> float:
         """||g_total - g_pg|| / ||g_pg|| after the SFT backward (g_pg taken before it)."""
-        sft_sq = pg_sq = 0.0
+        sq = torch.zeros(2)
         for p, g in zip(self.policy.trainable_parameters(), pg):
             if p.grad is None:
                 continue
-            before = g if g is not None else torch.zeros_like(p.grad)
-            sft_sq += float((p.grad - before).float().pow(2).sum())
-            pg_sq += float(before.float().pow(2).sum())
-        return math.sqrt(sft_sq) / max(math.sqrt(pg_sq), 1e-12)
+            grad = _local(p.grad)
+            before = g if g is not None else torch.zeros_like(grad)
+            sq += torch.stack([(grad - before).float().pow(2).sum(), before.float().pow(2).sum()]).cpu()
+        if self.fsdp:  # each process holds a shard of the gradients: the norms add up over processes
+            sq = self._sum(sq)
+        return math.sqrt(float(sq[0])) / max(math.sqrt(float(sq[1])), 1e-12)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        """Optimizer state keyed by parameter names and gathered (a collective under FSDP): the
+        same checkpoint resumes with any number of processes."""
+        return {"optimizer": optimizer_state(self.policy.model, self.optimizer), "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.policy.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (FSDP), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _advantage_stats(adv: torch.Tensor, mask: torch.Tensor, samples: list[Sample]) -> dict[str, float]:

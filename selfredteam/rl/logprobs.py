@@ -82,7 +82,12 @@ softcapping, unlike Gemma 2). Only these may be run in pieces: the decoder and t
 
 def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(decoder stack, LM head) of a plain or peft-wrapped HF causal LM of the plain layout; None
-    otherwise, and for wrappers that must be called whole (DDP)."""
+    otherwise, and for models that must be called whole (a DDP wrapper; an FSDP-sharded model,
+    whose root gathers the embeddings and the head in its own forward)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(getattr(base, "config", None), "model_type", None) not in PLAIN_LAYOUT_MODEL_TYPES:
         return None

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -35,7 +36,14 @@ from selfredteam.policy.base import (
     SamplingParams,
     sampling_params,
 )
-from selfredteam.rl.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
+from selfredteam.rl.checkpoint import (
+    find_checkpoint,
+    load_training_state,
+    load_weights,
+    read_state,
+    save_checkpoint,
+)
+from selfredteam.rl.distributed import make_accelerator, sampling_params_gathered
 from selfredteam.rl.learner import Learner, Sample
 from selfredteam.rl.metrics import game_metrics
 from selfredteam.rl.model import TrainablePolicy, build_trainable
@@ -152,23 +160,28 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     if problem := missing_class(pool, cfg.game.harmful_fraction, cfg.data.seeds):
         raise DataError(problem)
     sft_rows = load_sft_rows(t.sft_data) if t.sft_data and (t.sft_coef > 0 or t.sft_warmup_steps) else None
+    accelerator = make_accelerator()
     info = runtime_info(cfg.model, cfg.run.threads)
-    log(f"Running on {describe(info)}.")
+    if accelerator:
+        info |= {"processes": accelerator.num_processes, "distributed": str(accelerator.distributed_type).split(".")[-1]}
+    log(f"Running on {describe(info)}" + (f", {info['processes']} processes ({info['distributed']})" if accelerator else "") + ".")
     judge = judge or build_judge(cfg.judge)
-    accelerator = _accelerator()
     rank = accelerator.process_index if accelerator else 0
     is_main = rank == 0
     trainable = build_trainable(cfg, device=accelerator.device if accelerator else None)
+    if ckpt:  # weights before the learner: FSDP shards the model when it prepares it
+        load_weights(ckpt, trainable)
     learner = Learner(trainable, t, accelerator, temperature=g.temperature)
     sampler = TransformersPolicy(trainable.model, trainable.tokenizer, cfg.model.name_or_path, g.batch_size,
                                  g.max_prompt_length)
-    attacker, defender = _players(cfg, trainable, sampler, accelerator)
+    rollout = _vllm_rollouts(cfg, sampler)
+    attacker, defender = _players(cfg, trainable, sampler, accelerator, rollout)
     sft = SftTerm(sft_rows, sampler, cfg.game.cot, t, g.defender_max_new_tokens) if sft_rows else None
     # Each data-parallel process plays its own games: its own seed stream.
     rng = random.Random(cfg.run.seed + 1_000_003 * rank)
     start = 0
     if ckpt:
-        start = load_checkpoint(ckpt, trainable, learner, rng)["step"]
+        start = load_training_state(ckpt, learner, rng)["step"]
         if rank:  # checkpoints hold rank 0's RNG; other ranks start a fresh stream per step
             rng = random.Random(cfg.run.seed + 1_000_003 * rank + start)
         log(f"Resumed from {ckpt} at step {start}.")
@@ -179,6 +192,8 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
         if ckpt:
             _truncate_metrics(out / "metrics.jsonl", start)
     tracker = build_trackers(out, wandb_project, to_dict(cfg)) if is_main else MultiTracker([])
+    if rollout and start:  # the server samples with the resumed adapter
+        _sync_adapter(rollout, trainable, out, start, is_main, learner)
     if sft and start == 0 and t.sft_warmup_steps:
         tracker.log(0, _sft_warmup(learner, sft, t.sft_warmup_steps, rng, log))
     # defender-only: no attacker turn (vanilla seeds, plus static_prompts mixed into the pool).
@@ -196,8 +211,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
         for step in range(start, t.steps):
             t0 = time.perf_counter()
             if step > start and _out_of_time(t.time_limit_min, started, last.get("timing/step_s", 0.0), accelerator, learner):
-                if is_main:
-                    save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)})
+                save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)}, is_main)
                 log(f"Time limit train.time_limit_min={t.time_limit_min} reached: stopped after step {step} of "
                     f"{t.steps} (checkpoint saved; --resume {out} with a larger limit continues).")
                 stop_reason = "time_limit"
@@ -209,20 +223,24 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
             #    samples_per_prompt times (the defender's GRPO/RLOO groups).
             gen_s0 = attacker.seconds + (defender.seconds if defender else 0.0)
             cut_before = (sampler.truncation.count, _judge_cuts(judge))
+            down: EndpointError | None = None
             try:
-                games = play_games(seeds, attacker, judge, rules=rules, rng=rng, defender=defender,
-                                   attacker_params=attacker_params, defender_params=defender_params,
-                                   samples_per_prompt=t.samples_per_prompt)
+                with sampling_params_gathered(trainable.model) if learner.fsdp else contextlib.nullcontext():
+                    games = play_games(seeds, attacker, judge, rules=rules, rng=rng, defender=defender,
+                                       attacker_params=attacker_params, defender_params=defender_params,
+                                       samples_per_prompt=t.samples_per_prompt)
             except EndpointError as e:
+                down = e
+            if learner._max(int(down is not None)):  # all processes stop together
                 # The judge (or a remote policy) stayed down after its retries. Nothing of this
                 # step was learned: save the completed steps with the RNG as it was before the
                 # step, so --resume replays exactly this step.
                 rng.setstate(rng_before)
                 torch.set_rng_state(torch_rng_before)
-                if is_main:
-                    save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)})
+                save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)}, is_main)
                 tracker.close()
-                raise EndpointError(f"{e} Saved a checkpoint after {step} completed steps; fix the "
+                why = down or "An endpoint failed on another process."
+                raise EndpointError(f"{why} Saved a checkpoint after {step} completed steps; fix the "
                                     f"endpoint and continue with --resume {out}.") from None
             t_play = time.perf_counter() - t0
             cut = {"truncated/policy_prompts": sampler.truncation.count - cut_before[0],
@@ -233,6 +251,13 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
             samples = samples_from_games(games, roles)
             sft_coef = sft.coef(step) if sft else 0.0
             stats = learner.update(samples, sft.draw(rng) if sft_coef > 0 else None, sft_coef)
+            if rollout:  # the server samples the next step with this step's adapter
+                try:
+                    _sync_adapter(rollout, trainable, out, step + 1, is_main, learner)
+                except EndpointError as e:
+                    save_checkpoint(out, step + 1, trainable, learner, rng, {"config": to_dict(cfg)}, is_main)
+                    tracker.close()
+                    raise EndpointError(f"{e} Saved a checkpoint after {step + 1} steps; continue with --resume {out}.") from None
             t_learn = time.perf_counter() - t1
             # 4. log: game metrics, learner stats, the collapse monitor, where the time went.
             signals = step_signals(games, instructions, thoughts)
@@ -251,8 +276,8 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
             if progress and is_main:
                 progress(step + 1, t.steps, metrics)
             stop_now = stop.requested if not accelerator else bool(learner._max(int(stop.requested)))
-            if is_main and ((step + 1) % t.save_every == 0 or step + 1 == t.steps or stop_now):
-                save_checkpoint(out, step + 1, trainable, learner, rng, {"config": to_dict(cfg)})
+            if (step + 1) % t.save_every == 0 or step + 1 == t.steps or stop_now:
+                save_checkpoint(out, step + 1, trainable, learner, rng, {"config": to_dict(cfg)}, is_main)
             stop.requested = stop_now
             if stop.requested:
                 log(f"Stopped at step {step + 1}; resume with --resume {out}.")
@@ -270,8 +295,45 @@ def _out_of_time(limit_min: float, started: float, step_s: float, accelerator: A
     return bool(learner._max(int(over))) if accelerator else over
 
 
-def _players(cfg: Config, trainable: TrainablePolicy, sampler: Any, accelerator: Any) -> tuple[MeteredPolicy, MeteredPolicy | None]:
+def _vllm_rollouts(cfg: Config, sampler: Any) -> Any | None:
+    """train.rollout_engine=vllm: the server that samples (our sampler makes its prompt ids)."""
+    t = cfg.train
+    if t.rollout_engine != "vllm":
+        return None
+    from selfredteam.http import OpenAIClient
+    from selfredteam.policy.vllm_served import VLLMServedPolicy
+
+    client = OpenAIClient(t.vllm_base_url or "", cfg.model.api_key_env, cfg.model.timeout_s, cfg.model.max_retries,
+                          cfg.model.max_concurrency, what="vLLM rollout server")
+    return VLLMServedPolicy(client, sampler, t.vllm_model or cfg.model.name_or_path, t.vllm_sync_timeout_s)
+
+
+def _sync_adapter(rollout: Any, trainable: TrainablePolicy, out: Path, step: int, is_main: bool, learner: Learner) -> None:
+    """Save this step's LoRA adapter and have the vLLM server load it (adapter-only sync); the
+    other processes wait for the load (a collective is the barrier)."""
+    name = f"selfredteam-step{step}"
+    if is_main:
+        adapter_dir = out / "rollout_adapters" / f"step_{step}"
+        trainable.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        previous = rollout.adapter
+        rollout.sync(adapter_dir, name)
+        if previous:
+            import shutil
+
+            shutil.rmtree(out / "rollout_adapters" / previous.replace("selfredteam-step", "step_"), ignore_errors=True)
+    else:
+        rollout.adapter = name
+    learner._max(0)
+
+
+def _players(cfg: Config, trainable: TrainablePolicy, sampler: Any, accelerator: Any,
+             rollout: Any | None = None) -> tuple[MeteredPolicy, MeteredPolicy | None]:
     """The attacker and (when it is another policy) the defender, as metered samplers."""
+    if rollout is not None:  # vLLM samples both roles (shared weights), the base model for a frozen defender
+        frozen = cfg.train.role_mode == "attacker-only"
+        other = (_frozen_defender(cfg, trainable, sampler) if cfg.train.defender_model else rollout.reference_view()) \
+            if frozen else None
+        return MeteredPolicy(rollout), (MeteredPolicy(other) if other is not None else None)
     # The learner reuses the trunk states captured while sampling (single process: under DDP it
     # runs every layer).
     capture = trainable.frozen_layers > 0 and accelerator is None
@@ -296,18 +358,6 @@ def _judge_cuts(judge: Judge) -> int:
     """Judge inputs cut to the budget so far (0 for judges not built by build_judge)."""
     counter = getattr(judge, "truncation", None)
     return counter.count if counter is not None else 0
-
-
-def _accelerator() -> Any | None:
-    """An accelerate Accelerator when launched with several processes (accelerate launch /
-    torchrun set WORLD_SIZE); None in a plain single-process run."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import Accelerator
-
-    return Accelerator()
 
 
 def _frozen_defender(cfg: Config, trainable: TrainablePolicy, sampler: Any) -> Policy:

@@ -46,6 +46,8 @@ class TrainablePolicy:
         self.frozen_layers = frozen_layers if self._decoder() is not None else 0
         """Bottom decoder layers without adapters (LoRA on the top `train.lora_layers` only): the
         policy and the reference compute identical states there, so the learner runs them once."""
+        self.sharded = False
+        """Set by the learner when FSDP shards the model (rl/distributed.py)."""
 
     def _decoder(self) -> Any | None:
         """The HF decoder stack holding `.layers`, for the plain layouts whose top layers may run
@@ -101,11 +103,12 @@ class TrainablePolicy:
         """The role's current policy, set up for fast sampling.
 
         With fp16-packed frozen weights (CPU, policy/cpu_fastpath.py) the adapter stays live: the
-        packs of the frozen base stay valid and the LoRA matmuls are tiny. Otherwise the adapter
-        is merged into the base while sampling (a live adapter on a bf16 base sampled at about
-        half the adapter-free speed in our CPU measurements).
+        packs of the frozen base stay valid and the LoRA matmuls are tiny; so it does under FSDP,
+        where the gathered weights are the all-gather's buffers. Otherwise the adapter is merged
+        into the base while sampling (a live adapter on a bf16 base sampled at about half the
+        adapter-free speed in our CPU measurements).
         """
-        if self.is_lora and uses_fp16_weights(self.model):
+        if self.is_lora and (uses_fp16_weights(self.model) or self.sharded):
             with self.role(role):
                 yield self.model
         else:
@@ -137,6 +140,18 @@ class TrainablePolicy:
                 with torch.no_grad():
                     for m, w in zip(layers, originals):
                         m.get_base_layer().weight.copy_(w)
+
+    def weights_for_save(self) -> dict[str, torch.Tensor] | None:
+        """The weights a checkpoint writes when FSDP shards them (gathered: a collective every
+        process calls; LoRA: the adapters only); None when the model can save itself."""
+        if not self.sharded:
+            return None
+        if not self.is_lora:
+            from selfredteam.rl.distributed import full_model_state
+
+            return full_model_state(self.model)
+        return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
+                for n, p in self.model.named_parameters() if "lora_" in n}
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         if self.is_lora:

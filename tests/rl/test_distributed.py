@@ -42,3 +42,81 @@ def test_two_process_update_equals_single_process(tmp_path):
     assert any(not torch.allclose(before[k], ref[k]) for k in ref)  # the update did something
     for k in ref:
         assert torch.allclose(ddp[k], ref[k], atol=1e-6), k
+
+
+def _launch(config: str, worker: str, *args: str, port: int) -> None:
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if launcher is None:
+        pytest.skip("accelerate launcher not installed")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([launcher, "launch", "--config_file", str(ROOT / "configs" / "accelerate" / config),
+                          "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "--main_process_port", str(port), worker, *args],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=str(ROOT))
+    assert res.returncode == 0, res.stderr[-4000:]
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_fsdp_update_equals_single_process(tmp_path, mode):
+    """The shipped FSDP config (FSDP2) on 2 CPU processes: the same update as one process, for
+    LoRA adapters and for full fine-tuning."""
+    from tests.rl.test_learner import full_policy
+
+    out = tmp_path / "fsdp.safetensors"
+    _launch("fsdp.yaml", str(ROOT / "tests" / "rl" / "fsdp_worker.py"), mode, str(out), port=29521 + (mode == "full"))
+    fsdp = load_file(str(out))
+    single = lora_policy(0) if mode == "lora" else full_policy(0)
+    Learner(single, TrainConfig(lr=1e-2, train_batch_size=4, micro_batch_size=1, kl_coef=0.05)).update(samples())
+    ref = lora_state(single) if mode == "lora" else {n: p.detach() for n, p in single.model.named_parameters()}
+    before = lora_state(lora_policy(0)) if mode == "lora" else dict(full_policy(0).model.named_parameters())
+    assert set(ref) <= set(fsdp), set(ref) - set(fsdp)
+    assert any(not torch.allclose(before[k], ref[k]) for k in ref)  # the update did something
+    for k in ref:
+        assert torch.allclose(fsdp[k], ref[k], atol=1e-5), k
+
+
+def test_fsdp_checkpoint_resumes_exactly_in_one_process(tmp_path, tiny_model_dir):
+    """A 2-process FSDP train run writes gathered weights and a name-keyed optimizer state; one
+    process loads them and writes them back unchanged, then trains on from them."""
+    import json
+
+    from selfredteam.config import load_config
+    from selfredteam.rl.checkpoint import (
+        find_checkpoint,
+        load_training_state,
+        load_weights,
+        save_checkpoint,
+    )
+    from selfredteam.rl.model import build_trainable
+
+    run = tmp_path / "run"
+    sets = [f"model.name_or_path={tiny_model_dir}", "train.rollout_batch_size=4", "train.train_batch_size=4",
+            "train.micro_batch_size=2", "generation.attacker_max_new_tokens=6", "generation.defender_max_new_tokens=48",
+            "judge.cache=false"]
+    args = [x for s in sets + ["train.steps=1"] for x in ("--set", s)]
+    _launch("fsdp.yaml", "-m", "selfredteam.cli", "train", "--out", str(run), *args, port=29525)
+    assert json.loads((run / "runtime.json").read_text())["distributed"] == "FSDP"
+    ckpt = find_checkpoint(run)
+    cfg = load_config("cpu-demo", overrides=sets + ["train.steps=1"])
+    policy = build_trainable(cfg)
+    load_weights(ckpt, policy)
+    learner = Learner(policy, cfg.train)
+    import random
+
+    rng = random.Random()
+    load_training_state(ckpt, learner, rng)
+    again = save_checkpoint(tmp_path / "again", 1, policy, learner, rng, {"config": {}})
+    a, b = load_file(str(ckpt / "adapter" / "adapter_model.safetensors")), load_file(str(again / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ta, tb = torch.load(ckpt / "trainer.pt", weights_only=True), torch.load(again / "trainer.pt", weights_only=True)
+    sa, sb = ta["optimizer"]["state"], tb["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for k in sa:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(sa[k][name], sb[k][name]), (k, name)
+    # ... and a single process continues the FSDP run.
+    res = subprocess.run([sys.executable, "-m", "selfredteam.cli", "train", "--out", str(run), "--resume", str(run),
+                          *[x for s in sets + ["train.steps=2"] for x in ("--set", s)]],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]

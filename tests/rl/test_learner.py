@@ -61,6 +61,12 @@ def test_lora_disabled_logprobs_equal_base_model():
     assert not torch.allclose(base_lp, pol_lp, atol=1e-4)  # the (non-zero) adapter is live
 
 
+def full_policy(seed=0):
+    """Full fine-tuning: every weight trains, a frozen copy is the reference."""
+    model = tiny_model(seed)
+    return TrainablePolicy(model, TOKENIZER, "shared", reference=copy.deepcopy(model).eval().requires_grad_(False))
+
+
 def samples():
     return [Sample("defender" if i % 2 else "attacker", p, r, reward=float(i) - 1.5, group=i // 2)
             for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES))]
