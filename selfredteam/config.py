@@ -128,6 +128,43 @@ class DataConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """Reflective experience replay (SSP, arXiv 2601.10589): replay prompts the defender lost."""
+
+    fraction: float = 0.0
+    """Share of each step's games that replay pool prompts (0 = off). The defender answers them
+    afresh (on-policy); no attacker turn."""
+    pool_size: int = 256
+    """Games the defender lost (harmful compliance, or a benign prompt refused) kept for replay; when
+    full, the entry with the lowest upper-confidence bound leaves."""
+    ucb_c: float = 1.0
+    """Exploration constant of the UCB choice: failure rate + ucb_c * sqrt(ln(total plays) / plays)."""
+
+
+@dataclass
+class OpponentsConfig:
+    """Past-self opponents (fictitious self-play / league): some games meet an older policy."""
+
+    prob: float = 0.0
+    """Probability that a game's attacker or defender (one of the two, at random) is a past
+    snapshot instead of the current policy (0 = off); only the current policy learns from it."""
+    every: int = 5
+    """Snapshot the LoRA adapter(s) every this many steps."""
+    pool_size: int = 4
+    """Snapshots kept (the oldest leaves)."""
+
+
+@dataclass
+class NoveltyConfig:
+    """Attacker novelty bonus (CRT / Rainbow Teaming style): reward attacks unlike recent ones."""
+
+    weight: float = 0.0
+    """lambda: attacker reward + lambda * (1 - max SBERT cosine to the last `memory` attacks) (0 = off)."""
+    memory: int = 64
+    """How many recent attacks a new one is compared with."""
+
+
+@dataclass
 class TrainConfig:
     """Learner settings (used by `selfredteam train`)."""
 
@@ -215,6 +252,9 @@ class TrainConfig:
     speed (BENCHMARKS.md), so a demo meant to end in time says so here rather than in its steps."""
     games_log_every: int = 1
     """Write a sample of games to games/step_N.jsonl every this many steps."""
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    opponents: OpponentsConfig = field(default_factory=OpponentsConfig)
+    novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
 
 
 @dataclass
@@ -324,12 +364,18 @@ def _sections() -> dict[str, type]:
     return _field_types(Config)
 
 
+def _keys(prefix: str, cls: type) -> list[str]:
+    hints = _field_types(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        out += _keys(f"{prefix}{f.name}.", tp) if dataclasses.is_dataclass(tp) else [f"{prefix}{f.name}"]
+    return out
+
+
 def valid_keys() -> list[str]:
-    """All dotted keys accepted by --set and YAML files."""
-    keys = []
-    for section, cls in _sections().items():
-        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
-    return keys
+    """All dotted keys accepted by --set and YAML files (sub-sections nest: train.replay.fraction)."""
+    return [k for section, cls in _sections().items() for k in _keys(f"{section}.", cls)]
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -395,12 +441,20 @@ def _set(cfg: Config, key: str, value: Any) -> None:
             f"Unknown config key {key!r}. Valid sections: {', '.join(sections)}; "
             f"run `selfredteam config --keys` to list every key."
         )
-    cls = sections[section]
-    hints = _field_types(cls)
-    if name not in hints:
-        names = ", ".join(f"{section}.{f.name}" for f in dataclasses.fields(cls))
-        raise ConfigError(f"Unknown config key {key!r}. Valid keys in [{section}]: {names}.")
-    setattr(getattr(cfg, section), name, _coerce(key, value, hints[name]))
+    obj, path = getattr(cfg, section), section
+    *parents, leaf = name.split(".")
+    for part in parents:  # a sub-section such as train.replay
+        tp = _field_types(type(obj)).get(part)
+        if tp is None or not dataclasses.is_dataclass(tp):
+            break
+        obj, path = getattr(obj, part), f"{path}.{part}"
+    else:
+        hints = _field_types(type(obj))
+        if leaf in hints and not dataclasses.is_dataclass(hints[leaf]):
+            setattr(obj, leaf, _coerce(key, value, hints[leaf]))
+            return
+    names = ", ".join(_keys(f"{path}.", type(obj)))
+    raise ConfigError(f"Unknown config key {key!r}. Valid keys in [{path}]: {names}.")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -447,6 +501,15 @@ def validate(cfg: Config) -> None:
                           "must be >= 0.")
     if t.samples_per_prompt < 1:
         raise ConfigError("train.samples_per_prompt must be >= 1.")
+    for name, v in (("train.replay.fraction", t.replay.fraction), ("train.opponents.prob", t.opponents.prob)):
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"Bad value {v} for {name}: must be in [0, 1).")
+    if min(t.replay.pool_size, t.opponents.every, t.opponents.pool_size, t.novelty.memory) < 1 or t.novelty.weight < 0:
+        raise ConfigError("train.replay.pool_size, train.opponents.every/pool_size and train.novelty.memory must be "
+                          ">= 1, and train.novelty.weight >= 0.")
+    if t.opponents.prob and not (t.role_mode == "selfplay" and not t.full_finetune and t.rollout_engine == "local"):
+        raise ConfigError("train.opponents needs self-play with LoRA and local rollouts (a past self is a saved "
+                          "adapter): set train.role_mode=selfplay, train.full_finetune=false, train.rollout_engine=local.")
     if t.sft_warmup_steps and not t.sft_data:
         raise ConfigError("train.sft_warmup_steps needs train.sft_data (the rows to warm up on).")
     if t.algorithm in ("grpo", "rloo") and t.samples_per_prompt < 2:

@@ -26,7 +26,7 @@ LATEST = "latest"
 
 
 def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: random.Random,
-                    state: dict[str, Any], is_main: bool = True) -> Path | None:
+                    state: dict[str, Any], is_main: bool = True, variants: dict[str, Any] | None = None) -> Path | None:
     """Write step_N (on the main process). Under FSDP every process must call it: the weights and
     the optimizer state are gathered first (collectives), then the main process writes them."""
     from safetensors.torch import save_file
@@ -49,6 +49,12 @@ def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: rando
         py_state = rng.getstate()
         (tmp / "rng.json").write_text(json.dumps([py_state[0], list(py_state[1]), py_state[2]]))
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+        if variants:  # replay pool, opponent snapshots, novelty memory (rl/variants.py)
+            variants = {k: dict(v) for k, v in variants.items()}
+            tensors = variants.get("opponents", {}).pop("tensors", {})
+            if tensors:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "variants.safetensors"))
+            (tmp / "variants.json").write_text(json.dumps(variants))
     write_text_atomic(ckpt_root / LATEST, final.name)
     return final
 
@@ -100,6 +106,19 @@ def load_training_state(ckpt: Path, learner: Any, rng: random.Random) -> dict[st
     v, internal, gauss = json.loads((ckpt / "rng.json").read_text())
     rng.setstate((v, tuple(internal), gauss))
     return read_state(ckpt)
+
+
+def load_variants(ckpt: Path) -> dict[str, Any]:
+    """The variants' state saved with a checkpoint ({} when none was)."""
+    from safetensors.torch import load_file
+
+    if not (ckpt / "variants.json").is_file():
+        return {}
+    state = json.loads((ckpt / "variants.json").read_text())
+    if "opponents" in state:
+        path = ckpt / "variants.safetensors"
+        state["opponents"]["tensors"] = load_file(str(path)) if path.is_file() else {}
+    return state
 
 
 def load_checkpoint(ckpt: Path, policy: Any, learner: Any, rng: random.Random) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from selfredteam.policy.base import (
 from selfredteam.rl.checkpoint import (
     find_checkpoint,
     load_training_state,
+    load_variants,
     load_weights,
     read_state,
     save_checkpoint,
@@ -50,6 +51,7 @@ from selfredteam.rl.model import TrainablePolicy, build_trainable
 from selfredteam.rl.monitor import CollapseMonitor, step_signals
 from selfredteam.rl.sft import HELPFUL_THOUGHT, NEUTRAL_THOUGHT, SftTerm, load_sft_rows
 from selfredteam.rl.tracking import MultiTracker, build_trackers
+from selfredteam.rl.variants import Variants
 from selfredteam.runtime import describe, runtime_info, save_runtime
 
 TRAINED_ROLES = {"selfplay": ("attacker", "defender"), "attacker-only": ("attacker",), "defender-only": ("defender",)}
@@ -105,15 +107,16 @@ def samples_from_games(games: list[GameRecord], roles: tuple[str, ...]) -> list[
     out = []
     attacker_games: dict[int, list[GameRecord]] = {}
     for g in games:
-        if "attacker" in roles and g.attacker is not None:
+        past = g.extra.get("opponent")  # the role a past snapshot played: nothing to learn from it
+        if "attacker" in roles and g.attacker is not None and past != "attacker":
             attacker_games.setdefault(id(g.attacker), []).append(g)
-        if "defender" in roles:
+        if "defender" in roles and past != "defender":
             out += _sample("defender", g.defender, g.rewards["defender"], 2 * g.prompt_index + 1, g.seed_label)
     for gs in attacker_games.values():
         rewards = [g.rewards["attacker"] for g in gs if g.rewards["attacker"] is not None]
-        if rewards:
-            out += _sample("attacker", gs[0].attacker, sum(rewards) / len(rewards), 2 * gs[0].prompt_index,
-                           gs[0].seed_label)
+        if rewards:  # plus the novelty bonus when it is on (logged apart from the game reward)
+            reward = sum(rewards) / len(rewards) + gs[0].extra.get("novelty_bonus", 0.0)
+            out += _sample("attacker", gs[0].attacker, reward, 2 * gs[0].prompt_index, gs[0].seed_label)
     return out
 
 
@@ -180,8 +183,10 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     # Each data-parallel process plays its own games: its own seed stream.
     rng = random.Random(cfg.run.seed + 1_000_003 * rank)
     start = 0
+    variants = Variants(t)
     if ckpt:
         start = load_training_state(ckpt, learner, rng)["step"]
+        variants.load_state_dict(load_variants(ckpt))
         if rank:  # checkpoints hold rank 0's RNG; other ranks start a fresh stream per step
             rng = random.Random(cfg.run.seed + 1_000_003 * rank + start)
         log(f"Resumed from {ckpt} at step {start}.")
@@ -197,7 +202,8 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     if sft and start == 0 and t.sft_warmup_steps:
         tracker.log(0, _sft_warmup(learner, sft, t.sft_warmup_steps, rng, log))
     # defender-only: no attacker turn (vanilla seeds, plus static_prompts mixed into the pool).
-    rules = dataclasses.replace(cfg.game, revise_fraction=0.0) if t.role_mode == "defender-only" else cfg.game
+    no_revision = dataclasses.replace(cfg.game, revise_fraction=0.0)
+    rules = no_revision if t.role_mode == "defender-only" else cfg.game
     roles = TRAINED_ROLES[t.role_mode]
     attacker_params, defender_params = sampling_params(g, "attacker", cfg.game.cot), sampling_params(g, "defender", cfg.game.cot)
     monitor = CollapseMonitor()
@@ -211,24 +217,31 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
         for step in range(start, t.steps):
             t0 = time.perf_counter()
             if step > start and _out_of_time(t.time_limit_min, started, last.get("timing/step_s", 0.0), accelerator, learner):
-                save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)}, is_main)
+                save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)}, is_main,
+                                variants.state_dict())
                 log(f"Time limit train.time_limit_min={t.time_limit_min} reached: stopped after step {step} of "
                     f"{t.steps} (checkpoint saved; --resume {out} with a larger limit continues).")
                 stop_reason = "time_limit"
                 break
             rng_before, torch_rng_before = rng.getstate(), torch.get_rng_state()
-            # 1. seeds: a balanced batch.
-            seeds: list[Seed] = sample_batch(pool, t.rollout_batch_size, cfg.game.harmful_fraction, rng)
+            # 1. seeds: a balanced batch (less the games that replay lost prompts, if replay is on).
+            seeds: list[Seed] = sample_batch(pool, variants.fresh_seeds(t.rollout_batch_size), cfg.game.harmful_fraction, rng)
             # 2. play with the current policy (generation + judge); each final prompt answered
-            #    samples_per_prompt times (the defender's GRPO/RLOO groups).
+            #    samples_per_prompt times (the defender's GRPO/RLOO groups). With the variants on,
+            #    some games meet a past self and some replay prompts the defender lost.
             gen_s0 = attacker.seconds + (defender.seconds if defender else 0.0)
             cut_before = (sampler.truncation.count, _judge_cuts(judge))
+
+            def play(group: list[Seed], att: Policy, dfd: Policy | None, replay: bool) -> list[GameRecord]:
+                return play_games(group, att, judge, rules=no_revision if replay else rules, rng=rng, defender=dfd,
+                                  attacker_params=attacker_params, defender_params=defender_params,
+                                  samples_per_prompt=t.samples_per_prompt)
+
             down: EndpointError | None = None
             try:
                 with sampling_params_gathered(trainable.model) if learner.fsdp else contextlib.nullcontext():
-                    games = play_games(seeds, attacker, judge, rules=rules, rng=rng, defender=defender,
-                                       attacker_params=attacker_params, defender_params=defender_params,
-                                       samples_per_prompt=t.samples_per_prompt)
+                    games = variants.play(play, seeds, attacker, defender, trainable, rng) if variants.active \
+                        else play(seeds, attacker, defender, False)
             except EndpointError as e:
                 down = e
             if learner._max(int(down is not None)):  # all processes stop together
@@ -237,7 +250,8 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
                 # step, so --resume replays exactly this step.
                 rng.setstate(rng_before)
                 torch.set_rng_state(torch_rng_before)
-                save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)}, is_main)
+                save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)}, is_main,
+                                variants.state_dict())
                 tracker.close()
                 why = down or "An endpoint failed on another process."
                 raise EndpointError(f"{why} Saved a checkpoint after {step} completed steps; fix the "
@@ -246,16 +260,19 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
             cut = {"truncated/policy_prompts": sampler.truncation.count - cut_before[0],
                    "truncated/judge_inputs": _judge_cuts(judge) - cut_before[1]}
             t_gen = attacker.seconds + (defender.seconds if defender else 0.0) - gen_s0
+            variant_metrics = variants.after_play(games)
             # 3. learn from the trainable turns (plus the auxiliary SFT term, on its schedule).
             t1 = time.perf_counter()
             samples = samples_from_games(games, roles)
             sft_coef = sft.coef(step) if sft else 0.0
             stats = learner.update(samples, sft.draw(rng) if sft_coef > 0 else None, sft_coef)
+            variants.after_update(step + 1, trainable)
             if rollout:  # the server samples the next step with this step's adapter
                 try:
                     _sync_adapter(rollout, trainable, out, step + 1, is_main, learner)
                 except EndpointError as e:
-                    save_checkpoint(out, step + 1, trainable, learner, rng, {"config": to_dict(cfg)}, is_main)
+                    save_checkpoint(out, step + 1, trainable, learner, rng, {"config": to_dict(cfg)}, is_main,
+                                    variants.state_dict())
                     tracker.close()
                     raise EndpointError(f"{e} Saved a checkpoint after {step + 1} steps; continue with --resume {out}.") from None
             t_learn = time.perf_counter() - t1
@@ -264,7 +281,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
             for warning in monitor.update(step + 1, signals):
                 log(f"[yellow]warning:[/] {warning}")
             tokens = sum(len(s.response_ids) for s in samples)
-            metrics = game_metrics(games) | stats | signals | cut | {
+            metrics = game_metrics(games) | stats | signals | cut | variant_metrics | {
                 "timing/generate_s": t_gen, "timing/judge_s": t_play - t_gen, "timing/learn_s": t_learn,
                 "timing/step_s": time.perf_counter() - t0,
                 "perf/tokens_per_s": tokens / t_gen if t_gen else 0.0,
@@ -277,7 +294,8 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
                 progress(step + 1, t.steps, metrics)
             stop_now = stop.requested if not accelerator else bool(learner._max(int(stop.requested)))
             if (step + 1) % t.save_every == 0 or step + 1 == t.steps or stop_now:
-                save_checkpoint(out, step + 1, trainable, learner, rng, {"config": to_dict(cfg)}, is_main)
+                save_checkpoint(out, step + 1, trainable, learner, rng, {"config": to_dict(cfg)}, is_main,
+                                variants.state_dict())
             stop.requested = stop_now
             if stop.requested:
                 log(f"Stopped at step {step + 1}; resume with --resume {out}.")
