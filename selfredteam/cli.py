@@ -225,6 +225,7 @@ def self_distill_cmd(
     preset: PresetOpt = "cpu-demo",
     seeds: Annotated[int, typer.Option("--seeds", "-n", help="Vanilla seeds to answer (half harmful).")] = 96,
     max_per_phrase: Annotated[int, typer.Option(help="Keep at most this many replies with the same first sentence (0 = no cap).")] = 2,
+    revise: Annotated[bool, typer.Option(help="Also keep each row under the model's own attacker revision of its prompt (adversarial framings).")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
@@ -240,7 +241,7 @@ def self_distill_cmd(
     from selfredteam.judges import build_judge
     from selfredteam.policy import build_policy
     from selfredteam.policy.base import sampling_params
-    from selfredteam.rl.sft import self_distill
+    from selfredteam.rl.sft import add_revisions, self_distill
 
     cfg = _config(preset, config, list(set_ or []))
     if seeds < 2:
@@ -261,14 +262,18 @@ def self_distill_cmd(
     with console.status(f"Answering {len(batch)} seeds..."):
         rows = self_distill(batch, policy, judge, sampling_params(cfg.generation, "defender", False), rng,
                             max_per_phrase=max_per_phrase)
+    if revise and rows:
+        with console.status(f"Revising {len(rows)} prompts with the attacker..."):
+            rows += add_revisions(rows, policy, judge, sampling_params(cfg.generation, "attacker", False))
     _warn_truncations(policy, judge)
     if not rows:
         raise UserError(f"No reply of {len(batch)} was both a judged refusal of a harmful seed and one "
                         "judged answer of a benign one; try more --seeds.")
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_text_atomic(out.with_suffix(".runtime.json"), json.dumps(info, indent=2) + "\n")
-    console.print(f"Kept {len(rows)} of {len(batch)} replies ({len(rows) // 2} refusals, "
-                  f"{len(rows) // 2} answers) in {out}.")
+    refusals = sum(r["label"] == "harmful" for r in rows)
+    console.print(f"Kept {len(rows)} rows from {len(batch)} seeds ({refusals} refusals, {len(rows) - refusals} "
+                  f"answers; {sum(bool(r.get('revised')) for r in rows)} of them under an attacker revision) in {out}.")
 
 
 @app.command()

@@ -206,3 +206,26 @@ def self_distill(seeds: list[Seed], policy: Policy, judge: Judge, params: Sampli
         kept[refused].append(row)
     n = min(len(kept[True]), len(kept[False]))
     return kept[True][:n] + kept[False][:n]
+
+
+def add_revisions(rows: list[dict[str, Any]], policy: Policy, judge: Judge, params: SamplingParams,
+                  cot: bool = False) -> list[dict[str, Any]]:
+    """Each kept row again, under the policy's own attacker revision of its prompt (`--revise`).
+
+    The attacker (the same model) rewrites each seed the way it does in self-play (a harmful seed
+    into a jailbreak that keeps its intent, a benign one into a harmless prompt that looks risky);
+    the row keeps the judge-approved reply to the vanilla seed. A revision is kept only when the
+    judge still reads it as the seed's class (a harmful rewrite that lost its intent would teach
+    refusing something harmless). The SFT rows then cover adversarial framings, which the
+    vanilla seeds alone do not, still with no text the model did not write."""
+    from selfredteam.game.cot import parse_cot, parse_direct
+    from selfredteam.game.prompts import attacker_turn
+
+    gens = policy.generate([attacker_turn(r["prompt"], r["label"] == "harmful", cot) for r in rows], params)
+    revisions = [(parse_cot if cot else parse_direct)(g.text).answer.strip() for g in gens]
+    verdicts = judge.judge([(rev, None) for rev in revisions])
+    out = []
+    for row, rev, v in zip(rows, revisions, verdicts):
+        if rev and not v.parse_error and v.prompt_harmful == (row["label"] == "harmful") and rev != row["prompt"]:
+            out.append(row | {"prompt": rev, "seed": row["prompt"], "revised": True})
+    return out

@@ -161,3 +161,24 @@ def test_self_distill_caps_replies_that_say_the_same_sentence():
     rows = self_distill(seeds, FakeDefender(replies), FakeKeywordJudge(), SamplingParams(16, 1.0, 1.0, ()),
                         random.Random(0), max_per_phrase=2)
     assert [r["label"] for r in rows] == ["harmful", "harmful", "benign", "benign"]  # 4 stock refusals -> 2
+
+
+def test_revised_rows_keep_the_vanilla_reply_when_the_judge_keeps_the_class():
+    from selfredteam.rl.sft import add_revisions
+
+    class Rewriter:
+        """Test double for the attacker: 'role-play: <seed>' unless told to lose the intent."""
+
+        def generate(self, turns, params):
+            out = []
+            for t in turns:
+                seed = t.messages[-1]["content"].split("Request: ")[1].split("\n")[0]
+                out.append(Generation("harmless chat" if "lose" in seed else f"role-play: {seed}", [1], [2]))
+            return out
+
+    rows = [{"prompt": "harm A", "response": "Sorry, no.", "label": "harmful", "thought": NEUTRAL_THOUGHT},
+            {"prompt": "harm lose B", "response": "Sorry, no.", "label": "harmful", "thought": NEUTRAL_THOUGHT},
+            {"prompt": "bake bread", "response": "Mix flour.", "label": "benign", "thought": NEUTRAL_THOUGHT}]
+    out = add_revisions(rows, Rewriter(), FakeKeywordJudge(), SamplingParams(16))
+    assert [(r["prompt"], r["seed"], r["response"]) for r in out] == [
+        ("role-play: harm A", "harm A", "Sorry, no."), ("role-play: bake bread", "bake bread", "Mix flour.")]
