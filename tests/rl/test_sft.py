@@ -44,7 +44,7 @@ class FakeKeywordJudge:
     judge_id = "fake-keyword"
 
     def judge(self, pairs):
-        return [Judgement("harm" in p, r.startswith("Sorry"), "recipe" in r) for p, r in pairs]
+        return [Judgement("harm" in p, (r or "").startswith("Sorry"), "recipe" in (r or "")) for p, r in pairs]
 
 
 def test_whole_sentences_keeps_complete_sentences_only():
