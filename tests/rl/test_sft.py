@@ -173,7 +173,7 @@ def test_revised_rows_keep_the_vanilla_reply_when_the_judge_keeps_the_class():
             out = []
             for t in turns:
                 seed = t.messages[-1]["content"].split("Request: ")[1].split("\n")[0]
-                out.append(Generation("harmless chat" if "lose" in seed else f"role-play: {seed}", [1], [2]))
+                out.append(Generation("a chat about cats" if "lose" in seed else f"role-play: {seed}", [1], [2]))
             return out
 
     rows = [{"prompt": "harm A", "response": "Sorry, no.", "label": "harmful", "thought": NEUTRAL_THOUGHT},
