@@ -7,7 +7,10 @@ parts: `pack` (on a machine with `selfredteam setup` done) splits the embedded m
 safetensors dir and the judge's encoder into chunks of at most --chunk-mb, with a manifest of
 SHA-256 sums; `unpack` (on the GPU machine) joins them and checks every file; `run` trains.
 (The alternative, the embedded architecture with random weights, measures throughput but no
-learning; this script uses the real weights.)
+learning; this script uses the real weights.) `run` needs the package's dependencies there too:
+on a machine without a network, `pip download -d wheels/ -e .` here and
+`pip install --no-index --find-links wheels/ -e .` there (torch, transformers, peft and
+accelerate are usually installed already).
 
     python benchmarks/gpu.py pack --out ship/            # here: chunks + manifest.json
     python benchmarks/gpu.py unpack ship/ --out models/  # there, after copying ship/ over
@@ -17,21 +20,16 @@ learning; this script uses the real weights.)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's package, installed or not
+
+from selfredteam.policy.embedded import sha256  # noqa: E402
+
 CHUNK_MB = 48
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_roots() -> dict[str, Path]:

@@ -48,7 +48,8 @@ def _part_paths() -> list[Path]:
     return paths
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """SHA-256 of a file, read 4 MiB at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -69,7 +70,7 @@ def embedded_gguf_path() -> Path:
                 with open(part, "rb") as f:
                     shutil.copyfileobj(f, out, 1 << 22)
         size = os.path.getsize(tmp)
-        digest = _sha256(Path(tmp))
+        digest = sha256(Path(tmp))
         if size != GGUF_SIZE or digest != GGUF_SHA256:
             raise UserError(
                 f"The embedded model chunks concatenate to {size} bytes (sha256 {digest[:12]}…), expected "
