@@ -227,7 +227,7 @@ class Study:
         """Per variant: the defender's change against the base (means over seeds, joint bootstrap),
         the attacker's diversity (mean and range over seeds), the exploit ASR; then the paper's
         three comparisons as differences between variants."""
-        from selfredteam.eval.compare import compare_models
+        from selfredteam.eval.compare import compare_models, delta_j_difference
 
         variants = {}
         for v in self.spec.variants:
@@ -245,8 +245,13 @@ class Study:
         comparisons = []
         for title, a, b, what in COMPARISONS:
             if a in variants and b in variants:
-                comparisons.append({"comparison": title, "a": a, "b": b, "what": what,
-                                    "diff": _differences(variants[a], variants[b])})
+                diff = _differences(variants[a], variants[b])
+                fam = _family(variants[a])
+                if fam:  # the same difference with a paired interval over the prompts
+                    sides = [([_rows(results[f"{v} / seed {s} / eval"]) for s in self.spec.seeds],
+                              _rows(results[f"{BASE} / eval / {variants[v]['mode']}"])) for v in (a, b)]
+                    diff["delta_J_interval"] = delta_j_difference(*sides[0], *sides[1], fam["family"])
+                comparisons.append({"comparison": title, "a": a, "b": b, "what": what, "diff": diff})
         base = {"model": self.base_model, "diversity": {
             mode: {k: results[f"{BASE} / diversity / {mode}"][k] for k in ("sbert_diversity", "self_bleu_diversity")}
             for mode in self.modes()}}
@@ -310,11 +315,12 @@ def study_markdown(table: dict[str, Any]) -> str:
             row.append(f"{e['mean']:.2f} [{e['min']:.2f}, {e['max']:.2f}]" if e else "-")
         lines.append("| " + " | ".join(row) + " |")
     if table["comparisons"]:
-        lines += ["", "## The paper's comparisons", "", "| comparison | a vs b | ΔJ (a - b) | SBERT diversity (a - b) | "
+        lines += ["", "## The paper's comparisons", "", "| comparison | a vs b | ΔJ (a - b) [95%] | SBERT diversity (a - b) | "
                   "Self-BLEU diversity (a - b) |", "|---|---|---|---|---|"]
         for c in table["comparisons"]:
             d = c["diff"]
-            dj = "-" if d["delta_J"] is None else f"{d['delta_J']:+.2f}"
+            dj = ("-" if d["delta_J"] is None else fmt_interval(d["delta_J_interval"]) if d.get("delta_J_interval")
+                  else f"{d['delta_J']:+.2f}")
             lines.append(f"| {c['comparison']} | {c['a']} vs {c['b']} | {dj} | {d['sbert_diversity']:+.3f} | "
                          f"{d['self_bleu_diversity']:+.3f} |")
     return "\n".join(lines) + "\n"

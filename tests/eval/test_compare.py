@@ -68,3 +68,17 @@ def test_several_models_are_averaged_with_a_joint_bootstrap():
     assert fam["per_model_delta_J"] == [1.0, 0.5] and fam["delta_J"]["value"] == 0.75
     assert fam["delta_J"]["low"] <= 0.75 <= fam["delta_J"]["high"]
     assert fam["model"]["harmful_refusal"]["k"] == 60 and fam["model"]["harmful_refusal"]["n"] == 80
+
+
+def test_difference_of_delta_j_between_two_variants_is_paired():
+    """A study's comparison: ΔJ of A (vs its base) minus ΔJ of B (vs its own base), same prompts."""
+    from selfredteam.eval.compare import delta_j_difference
+
+    base_a, base_b = rows(False, False), rows(True, True)  # B's base refuses everything: J 0 too
+    a = [rows(True, False), rows(lambda i: i % 2 == 0, False)]  # ΔJ 1.0 and 0.5: mean 0.75
+    b = [rows(True, lambda i: i % 4 == 0)]                       # J 0.75, base J 0: ΔJ 0.75
+    d = delta_j_difference(a, base_a, b, base_b, "wildjailbreak_adversarial", seed=0, reps=400)
+    assert d["value"] == pytest.approx(0.0) and d["low"] < 0 < d["high"]
+    same = delta_j_difference(a, base_a, a, base_a, "wildjailbreak_adversarial", seed=0, reps=400)
+    assert same == {"value": 0.0, "low": 0.0, "high": 0.0}  # paired: the same prompts on both sides
+    assert delta_j_difference(a, base_a, b, base_b, "xstest") is None

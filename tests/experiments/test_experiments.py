@@ -128,6 +128,10 @@ def test_paper_comparisons_and_no_cot_base(tmp_path):
     assert [c["comparison"] for c in table["comparisons"]] == ["robustness", "diversity", "hidden CoT"]
     assert [c[1:3] for c in calls] == [("selfplay", True), ("attacker-only", True), ("defender-only", True),
                                         ("selfplay", False)]
+    for c in table["comparisons"]:  # the difference carries its paired interval
+        d = c["diff"]
+        assert d["delta_J_interval"]["value"] == pytest.approx(d["delta_J"])
+        assert d["delta_J_interval"]["low"] <= d["delta_J"] <= d["delta_J_interval"]["high"]
     assert "## The paper's comparisons" in study_markdown(table)
 
 
