@@ -100,7 +100,11 @@ class _Paired:
     def resample(self, rng: np.random.Generator, reps: int) -> tuple[np.ndarray, np.ndarray]:
         """[reps] mean flag of the models (averaged over models) and of the baseline, over the same
         resampled prompts."""
-        idx = rng.integers(0, len(self.keys), size=(reps, len(self.keys)))
+        return self.at(rng.integers(0, len(self.keys), size=(reps, len(self.keys))))
+
+    def at(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The same means over given resamples of prompt positions ([reps, n] indices into `keys`):
+        two pairs on the same keys resampled alike (a study's comparison of two variants)."""
         return self.model[:, idx].mean(2).mean(0), self.base[idx].mean(1)
 
     def delta(self) -> float:
@@ -187,9 +191,9 @@ def delta_j_difference(a_rows: list[list[dict[str, Any]]], a_base: list[dict[str
     fam = next((f for f in FAMILIES if f.name == family), None)
     if fam is None:
         return None
-    sides = [[_flags(r, "response_refusal") for r in runs] + [_flags(base, "response_refusal")]
+    sides = [([_flags(r, "response_refusal") for r in runs], _flags(base, "response_refusal"))
              for runs, base in ((a_rows, a_base), (b_rows, b_base))]
-    every = [f for side in sides for f in side]
+    every = [f for models, base in sides for f in (*models, base)]
     rng = np.random.default_rng(seed)
     value, samples = 0.0, np.zeros(reps)
     for subset, sign in ((fam.harmful, 1.0), (fam.benign, -1.0)):
@@ -197,11 +201,11 @@ def delta_j_difference(a_rows: list[list[dict[str, Any]]], a_base: list[dict[str
         if not keys:
             return None
         idx = rng.integers(0, len(keys), size=(reps, len(keys)))
-        for side, side_sign in zip(sides, (1.0, -1.0)):
-            models = np.array([[f[k] for k in keys] for f in side[:-1]])
-            base = np.array([side[-1][k] for k in keys])
-            value += sign * side_sign * float(models.mean() - base.mean())
-            samples += sign * side_sign * (models[:, idx].mean(2).mean(0) - base[idx].mean(1))
+        for (models, base), side_sign in zip(sides, (1.0, -1.0)):
+            pair = _Paired(models, base, keys)
+            m, b = pair.at(idx)
+            value += sign * side_sign * pair.delta()
+            samples += sign * side_sign * (m - b)
     return _interval(samples, value)
 
 

@@ -229,12 +229,12 @@ class Study:
         three comparisons as differences between variants."""
         from selfredteam.eval.compare import compare_models, delta_j_difference
 
-        variants = {}
+        variants, answers = {}, {}
         for v in self.spec.variants:
             tags = [f"{v.name} / seed {s}" for s in self.spec.seeds]
             mode = mode_of(self.spec.config(v, self.spec.seeds[0]))
-            base_rows = _rows(results[f"{BASE} / eval / {mode}"])
-            comp = compare_models([_rows(results[f"{t} / eval"]) for t in tags], base_rows)
+            answers[v.name] = ([_rows(results[f"{t} / eval"]) for t in tags], _rows(results[f"{BASE} / eval / {mode}"]))
+            comp = compare_models(*answers[v.name])
             div = [results[f"{t} / diversity"] for t in tags]
             entry = {"description": v.description, "overrides": v.overrides, "seeds": self.spec.seeds, "mode": mode,
                      "comparison": comp, "train": [results[f"{t} / train"] for t in tags],
@@ -248,9 +248,7 @@ class Study:
                 diff = _differences(variants[a], variants[b])
                 fam = _family(variants[a])
                 if fam:  # the same difference with a paired interval over the prompts
-                    sides = [([_rows(results[f"{v} / seed {s} / eval"]) for s in self.spec.seeds],
-                              _rows(results[f"{BASE} / eval / {variants[v]['mode']}"])) for v in (a, b)]
-                    diff["delta_J_interval"] = delta_j_difference(*sides[0], *sides[1], fam["family"])
+                    diff["delta_J_interval"] = delta_j_difference(*answers[a], *answers[b], fam["family"])
                 comparisons.append({"comparison": title, "a": a, "b": b, "what": what, "diff": diff})
         base = {"model": self.base_model, "diversity": {
             mode: {k: results[f"{BASE} / diversity / {mode}"][k] for k in ("sbert_diversity", "self_bleu_diversity")}
