@@ -36,3 +36,32 @@ def test_run_without_cuda_exits_with_a_clear_message(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "run", "--model", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "needs a CUDA GPU" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_light_pack_leaves_out_policy_weights_and_restores_fp32_encoder(tmp_path):
+    import gpu
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    policy, encoder = tmp_path / "policy", tmp_path / "encoder"
+    policy.mkdir()
+    encoder.mkdir()
+    save_file({"w": torch.ones(4)}, policy / "model.safetensors")
+    (policy / "config.json").write_text("{}")
+    weights = {"w": torch.tensor([0.1, -2.5, 3.0]), "ids": torch.arange(3)}
+    save_file(weights, encoder / "model.safetensors")
+    gpu.pack(tmp_path / "ship", 1, roots={"policy": policy, "encoder": encoder}, light=True)
+    gpu.unpack(tmp_path / "ship", tmp_path / "out")
+    assert not gpu.has_weights(tmp_path / "out" / "policy") and (tmp_path / "out" / "policy" / "config.json").exists()
+    back = load_file(tmp_path / "out" / "encoder" / "model.safetensors")
+    assert back["w"].dtype == torch.float32 and torch.allclose(back["w"], weights["w"], atol=1e-3)
+    assert torch.equal(back["ids"], weights["ids"])  # integer tensors travel as they are
+
+
+def test_run_refuses_a_model_without_weights_unless_random_init(tmp_path, monkeypatch):
+    import gpu
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit, match="--random-init"):
+        gpu.run(tmp_path, None, [32], 1, tmp_path / "out")
