@@ -27,7 +27,13 @@ from selfredteam.rl.advantages import (
     masked_mean,
     policy_loss,
 )
-from selfredteam.rl.distributed import is_fsdp, load_optimizer_state, optimizer_state
+from selfredteam.rl.distributed import (
+    init_deepspeed,
+    is_deepspeed,
+    is_fsdp,
+    load_optimizer_state,
+    optimizer_state,
+)
 from selfredteam.rl.logprobs import PackedBatch, pack, response_logprobs, scatter_rows
 from selfredteam.rl.model import TrainablePolicy
 
@@ -55,10 +61,11 @@ def warmup_lambda(warmup_steps: int):
 
 class Learner:
     """Single process by default; under `accelerate launch` the gradient pass runs through the
-    accelerator-prepared model (DDP, or FSDP2 with the optimizer prepared with it), advantages are
-    whitened across processes, and the loss is normalised by the global token count, so N
-    processes on N shards update exactly like one process on all the data. Under FSDP every
-    forward is a collective: every process runs as many as the busiest one (padding passes)."""
+    accelerator-prepared model (DDP, or FSDP2 with the optimizer prepared with it) or a DeepSpeed
+    engine, advantages are whitened across processes, and the loss is normalised by the global
+    token count, so N processes on N shards update exactly like one process on all the data.
+    Under FSDP and ZeRO-3 every forward is a collective: every process runs as many as the
+    busiest one (padding passes)."""
 
     def __init__(self, policy: TrainablePolicy, cfg: TrainConfig, accelerator: Any | None = None,
                  temperature: float = 1.0) -> None:
@@ -72,13 +79,20 @@ class Learner:
         self.fsdp = is_fsdp(accelerator)
         self.train_model = policy.model
         self.optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if self.fsdp:
+        self.engine = None
+        """The DeepSpeed engine: it owns backward, the step and clipping (the `_backward`/`_step` helpers)."""
+        if is_deepspeed(accelerator):
+            self.engine = self.train_model = init_deepspeed(policy.model, self.optimizer, accelerator, cfg.max_grad_norm)
+            policy.sharded = True
+        elif self.fsdp:
             # FSDP2 shards the model in place and the optimizer must follow its new parameters.
             self.train_model, self.optimizer = accelerator.prepare(policy.model, self.optimizer)
             policy.sharded = True
         elif self.world > 1:
             self.train_model = accelerator.prepare_model(policy.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(cfg.warmup_steps))
+        self.lockstep = self.fsdp or self.engine is not None
+        """Every forward is a collective (FSDP, ZeRO-3): all processes run the same number."""
 
     # -- data-parallel helpers (identities in one process) --------------------------------
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
@@ -98,7 +112,7 @@ class Learner:
     def _sync_context(self, last: bool):
         """Skip the gradient all-reduce on all but the last micro-batch of a train batch (DDP;
         FSDP reduce-scatters every micro-batch)."""
-        if self.world == 1 or last or self.fsdp:
+        if self.world == 1 or last or self.lockstep:
             return contextlib.nullcontext()
         return self.acc.no_sync(self.train_model)
 
@@ -106,7 +120,7 @@ class Learner:
         """(micro-batch, real?) pairs: under FSDP as many as on the busiest process, the extra ones
         repeating the first micro-batch (their result is dropped), since every forward of a
         sharded model is a collective."""
-        n = self._max(len(micro)) if self.fsdp else len(micro)
+        n = self._max(len(micro)) if self.lockstep else len(micro)
         return [(micro[k], True) if k < len(micro) else (micro[0], False) for k in range(n)]
 
     # -- batching -----------------------------------------------------------------------
@@ -175,21 +189,36 @@ class Learner:
                 nll = -(lp.sum(1) / lengths).sum() / len(sft)
             else:
                 nll = -lp.sum() / n_tokens
-            (coef * nll * float(real)).backward()
+            self._backward(coef * nll * float(real))
             total += nll.item() if real else 0.0
         return total
 
     def sft_step(self, sft: list[Sample]) -> float:
         """One optimizer step on the SFT loss alone (train.sft_warmup_steps); returns the NLL."""
         self.policy.model.eval()  # no dropout, as in the RL passes
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         nll = self.sft_backward(sft, 1.0)
-        self._clip()
-        self.optimizer.step()
+        self._step()
         return nll
 
-    def _clip(self) -> float:
+    # -- one optimizer step: backward passes, clipping, the update --------------------------
+    def _zero_grad(self) -> None:
+        if self.engine is None:  # the engine clears its partitioned gradients in its own step
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.engine is not None:
+            self.engine.backward(loss)  # accumulates into the partitions; step() is the boundary
+        else:
+            loss.backward()
+
+    def _step(self) -> float:
+        """Clip to train.max_grad_norm and update; returns the gradient norm before clipping."""
+        if self.engine is not None:
+            self.engine.step()  # clips by the config's gradient_clipping, then updates
+            return float(self.engine.get_global_grad_norm() or 0.0)
         gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
         return float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # a DTensor under FSDP
 
     def _grads(self) -> list[torch.Tensor | None]:
@@ -271,7 +300,7 @@ class Learner:
                 n_tokens = float(self._sum(mask[idx].sum()))
                 local = self._micro_batches(idx, samples)
                 n_micro = self._max(len(local))
-                self.optimizer.zero_grad(set_to_none=True)
+                self._zero_grad()
                 batch_loss = 0.0
                 t1 = time.perf_counter()
                 for k in range(n_micro):
@@ -287,7 +316,7 @@ class Learner:
                             k3 = kl_penalty(lp, ref[mb, :w].to(lp.device), "k3")
                             loss = loss + cfg.kl_coef * (k3 * m).sum() / max(n_tokens, 1.0)
                         # DDP averages gradients over processes; scale back to a global sum.
-                        (loss * weight * self.world).backward()
+                        self._backward(loss * weight * self.world)
                     if weight:
                         batch_loss += loss.item()
                         stats["loss/clip_frac"].append(info["clip_frac"])
@@ -296,16 +325,15 @@ class Learner:
                 if b == 0 and sft and sft_coef > 0:
                     # How hard the SFT term pulls against the game: its gradient's norm over the
                     # policy gradient's (LoRA only: a copy of full-model gradients costs a model).
-                    pg = self._grads() if self.policy.is_lora else None
+                    pg = self._grads() if self.policy.is_lora and self.engine is None else None
                     stats.setdefault("loss/sft_nll", []).append(self.sft_backward(sft, sft_coef))
                     if pg is not None:
                         stats.setdefault("loss/sft_grad_ratio", []).append(self._sft_grad_ratio(pg))
                 t2 = time.perf_counter()
                 t_fwd_bwd += t_sft0 - t1
                 t_sft += t2 - t_sft0
-                stats["loss/grad_norm"].append(self._clip())
+                stats["loss/grad_norm"].append(self._step())
                 stats["loss/policy"].append(batch_loss)
-                self.optimizer.step()
                 t_opt += time.perf_counter() - t2
         self.scheduler.step()
         model.eval()
@@ -340,10 +368,11 @@ class Learner:
     def state_dict(self) -> dict[str, Any]:
         """Optimizer state keyed by parameter names and gathered (a collective under FSDP): the
         same checkpoint resumes with any number of processes."""
-        return {"optimizer": optimizer_state(self.policy.model, self.optimizer), "scheduler": self.scheduler.state_dict()}
+        return {"optimizer": optimizer_state(self.policy.model, self.optimizer, self.engine),
+                "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_optimizer_state(self.policy.model, self.optimizer, state["optimizer"])
+        load_optimizer_state(self.policy.model, self.optimizer, state["optimizer"], self.engine)
         self.scheduler.load_state_dict(state["scheduler"])
 
 

@@ -83,10 +83,16 @@ softcapping, unlike Gemma 2). Only these may be run in pieces: the decoder and t
 def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(decoder stack, LM head) of a plain or peft-wrapped HF causal LM of the plain layout; None
     otherwise, and for models that must be called whole (a DDP wrapper; an FSDP-sharded model,
-    whose root gathers the embeddings and the head in its own forward)."""
+    whose root gathers the embeddings and the head in its own forward; a DeepSpeed engine, whose
+    forward tells ZeRO that a new micro-batch starts: without it the next backward overwrites the
+    accumulated gradients instead of adding to them. The engine passes unknown attributes such
+    as get_base_model to the module, so it must be recognised before they are read)."""
+    import sys
+
     from torch.distributed.fsdp import FSDPModule
 
-    if isinstance(model, FSDPModule):
+    deepspeed = sys.modules.get("deepspeed")
+    if isinstance(model, FSDPModule) or (deepspeed is not None and isinstance(model, deepspeed.DeepSpeedEngine)):
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(getattr(base, "config", None), "model_type", None) not in PLAIN_LAYOUT_MODEL_TYPES:

@@ -239,7 +239,8 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
 
             down: EndpointError | None = None
             try:
-                with sampling_params_gathered(trainable.model) if learner.fsdp else contextlib.nullcontext():
+                with sampling_params_gathered(trainable.model, learner.engine) if learner.lockstep \
+                        else contextlib.nullcontext():
                     games = variants.play(play, seeds, attacker, defender, trainable, rng) if variants.active \
                         else play(seeds, attacker, defender, False)
             except EndpointError as e:
@@ -328,11 +329,14 @@ def _vllm_rollouts(cfg: Config, sampler: Any) -> Any | None:
 
 def _sync_adapter(rollout: Any, trainable: TrainablePolicy, out: Path, step: int, is_main: bool, learner: Learner) -> None:
     """Save this step's LoRA adapter and have the vLLM server load it (adapter-only sync); the
-    other processes wait for the load (a collective is the barrier)."""
+    other processes wait for the load (a collective is the barrier). Sharded adapters (FSDP,
+    ZeRO-3) are gathered first, by every process."""
     name = f"selfredteam-step{step}"
+    weights = trainable.weights_for_save()
     if is_main:
         adapter_dir = out / "rollout_adapters" / f"step_{step}"
-        trainable.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        trainable.model.save_pretrained(str(adapter_dir), safe_serialization=True,
+                                        **({"state_dict": weights} if weights is not None else {}))
         previous = rollout.adapter
         rollout.sync(adapter_dir, name)
         if previous:

@@ -47,7 +47,7 @@ class TrainablePolicy:
         """Bottom decoder layers without adapters (LoRA on the top `train.lora_layers` only): the
         policy and the reference compute identical states there, so the learner runs them once."""
         self.sharded = False
-        """Set by the learner when FSDP shards the model (rl/distributed.py)."""
+        """Set by the learner when FSDP or DeepSpeed shards the model (rl/distributed.py)."""
 
     def _decoder(self) -> Any | None:
         """The HF decoder stack holding `.layers`, for the plain layouts whose top layers may run
@@ -142,16 +142,15 @@ class TrainablePolicy:
                         m.get_base_layer().weight.copy_(w)
 
     def weights_for_save(self) -> dict[str, torch.Tensor] | None:
-        """The weights a checkpoint writes when FSDP shards them (gathered: a collective every
-        process calls; LoRA: the adapters only); None when the model can save itself."""
+        """The weights a checkpoint writes when FSDP or ZeRO-3 shards them (gathered: a collective
+        every process calls; LoRA: the adapters only); None when the model can save itself."""
         if not self.sharded:
             return None
-        if not self.is_lora:
-            from selfredteam.rl.distributed import full_model_state
+        from selfredteam.rl.distributed import full_model_state, gathered_state
 
+        if not self.is_lora:
             return full_model_state(self.model)
-        return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
-                for n, p in self.model.named_parameters() if "lora_" in n}
+        return gathered_state(self.model, lambda name: "lora_" in name)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         if self.is_lora:

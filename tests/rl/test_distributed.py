@@ -56,14 +56,25 @@ def _launch(config: str, worker: str, *args: str, port: int) -> None:
     assert res.returncode == 0, res.stderr[-4000:]
 
 
+SHARDED = {"fsdp": "fsdp.yaml", "deepspeed": "deepspeed-zero3.yaml"}
+
+
+def _needs(kind: str) -> None:
+    if kind == "deepspeed":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install deepspeed)")
+
+
+@pytest.mark.parametrize("kind", list(SHARDED))
 @pytest.mark.parametrize("mode", ["lora", "full"])
-def test_fsdp_update_equals_single_process(tmp_path, mode):
-    """The shipped FSDP config (FSDP2) on 2 CPU processes: the same update as one process, for
-    LoRA adapters and for full fine-tuning."""
+def test_sharded_update_equals_single_process(tmp_path, mode, kind):
+    """The shipped FSDP (FSDP2) and DeepSpeed ZeRO-3 configs on 2 CPU processes: the same update
+    as one process, for LoRA adapters and for full fine-tuning."""
     from tests.rl.test_learner import full_policy
 
-    out = tmp_path / "fsdp.safetensors"
-    _launch("fsdp.yaml", str(ROOT / "tests" / "rl" / "fsdp_worker.py"), mode, str(out), port=29521 + (mode == "full"))
+    _needs(kind)
+    out = tmp_path / "sharded.safetensors"
+    port = 29521 + (mode == "full") + 10 * (kind == "deepspeed")
+    _launch(SHARDED[kind], str(ROOT / "tests" / "rl" / "fsdp_worker.py"), kind, mode, str(out), port=port)
     fsdp = load_file(str(out))
     single = lora_policy(0) if mode == "lora" else full_policy(0)
     Learner(single, TrainConfig(lr=1e-2, train_batch_size=4, micro_batch_size=1, kl_coef=0.05)).update(samples())
@@ -75,9 +86,10 @@ def test_fsdp_update_equals_single_process(tmp_path, mode):
         assert torch.allclose(fsdp[k], ref[k], atol=1e-5), k
 
 
-def test_fsdp_checkpoint_resumes_exactly_in_one_process(tmp_path, tiny_model_dir):
-    """A 2-process FSDP train run writes gathered weights and a name-keyed optimizer state; one
-    process loads them and writes them back unchanged, then trains on from them."""
+@pytest.mark.parametrize("kind", list(SHARDED))
+def test_sharded_checkpoint_resumes_exactly_in_one_process(tmp_path, tiny_model_dir, kind):
+    """A 2-process FSDP (or DeepSpeed ZeRO-3) train run writes gathered weights and a name-keyed
+    optimizer state; one process loads them and writes them back unchanged, then trains on."""
     import json
 
     from selfredteam.config import load_config
@@ -94,8 +106,9 @@ def test_fsdp_checkpoint_resumes_exactly_in_one_process(tmp_path, tiny_model_dir
             "train.micro_batch_size=2", "generation.attacker_max_new_tokens=6", "generation.defender_max_new_tokens=48",
             "judge.cache=false"]
     args = [x for s in sets + ["train.steps=1"] for x in ("--set", s)]
-    _launch("fsdp.yaml", "-m", "selfredteam.cli", "train", "--out", str(run), *args, port=29525)
-    assert json.loads((run / "runtime.json").read_text())["distributed"] == "FSDP"
+    _needs(kind)
+    _launch(SHARDED[kind], "-m", "selfredteam.cli", "train", "--out", str(run), *args, port=29525 + (kind == "deepspeed"))
+    assert json.loads((run / "runtime.json").read_text())["distributed"] == {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[kind]
     ckpt = find_checkpoint(run)
     cfg = load_config("cpu-demo", overrides=sets + ["train.steps=1"])
     policy = build_trainable(cfg)
@@ -114,9 +127,13 @@ def test_fsdp_checkpoint_resumes_exactly_in_one_process(tmp_path, tiny_model_dir
     for k in sa:
         for name in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(sa[k][name], sb[k][name]), (k, name)
-    # ... and a single process continues the FSDP run.
+    # ... a single process continues the sharded run ...
     res = subprocess.run([sys.executable, "-m", "selfredteam.cli", "train", "--out", str(run), "--resume", str(run),
                           *[x for s in sets + ["train.steps=2"] for x in ("--set", s)]],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr[-3000:]
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # ... and 2 sharded processes take the single process's checkpoint back.
+    _launch(SHARDED[kind], "-m", "selfredteam.cli", "train", "--out", str(run), "--resume", str(run),
+            *[x for s in sets + ["train.steps=3"] for x in ("--set", s)], port=29527 + (kind == "deepspeed"))
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
