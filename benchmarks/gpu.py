@@ -44,13 +44,15 @@ def default_roots() -> dict[str, Path]:
     return {"policy": embedded_model_dir(), "encoder": encoder_path()}
 
 
-def _fp16_copy(src: Path, dst: Path) -> Path:
-    """The encoder's fp32 tensors stored as fp16: half the bytes, so a light pack fits one transfer."""
+def _recast(src: Path, dst: Path, to_half: bool) -> Path:
+    """A safetensors file with its fp32 tensors as fp16 (`to_half`: half the bytes, so a light pack
+    fits one transfer) or its fp16 tensors back as fp32 (after unpack verified the fp16 copy, so
+    the judge computes as it does elsewhere); other tensors (integer ids) as they are."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    tensors = {k: v.to(torch.float16) if v.dtype == torch.float32 else v for k, v in load_file(src).items()}
-    save_file(tensors, dst, metadata={"format": "pt"})
+    frm, to = (torch.float32, torch.float16) if to_half else (torch.float16, torch.float32)
+    save_file({k: v.to(to) if v.dtype == frm else v for k, v in load_file(src).items()}, dst, metadata={"format": "pt"})
     return dst
 
 
@@ -62,23 +64,23 @@ def pack(out: Path, chunk_mb: float, roots: dict[str, Path] | None = None, light
     out.mkdir(parents=True, exist_ok=True)
     size = int(chunk_mb * 2**20)
     manifest: dict = {"chunk_mb": chunk_mb, "light": light, "files": []}
-    tmp = Path(tempfile.mkdtemp())
-    for name, root in (roots or default_roots()).items():
-        for f in sorted(p for p in root.rglob("*") if p.is_file()):
-            rel = f"{name}/{f.relative_to(root)}"
-            upcast = False
-            if light and f.suffix == ".safetensors":
-                if name == "policy":
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, root in (roots or default_roots()).items():
+            for f in sorted(p for p in root.rglob("*") if p.is_file()):
+                rel = f"{name}/{f.relative_to(root)}"
+                upcast = light and f.suffix == ".safetensors"
+                if upcast and name == "policy":
                     continue
-                f, upcast = _fp16_copy(f, tmp / f.name), True
-            parts = []
-            with open(f, "rb") as src:
-                for i, block in enumerate(iter(lambda: src.read(size), b"")):
-                    part = out / f"{rel.replace('/', '__')}.part{i:03d}"
-                    part.write_bytes(block)
-                    parts.append(part.name)
-            manifest["files"].append({"path": rel, "sha256": sha256(f), "size": f.stat().st_size, "parts": parts,
-                                      "upcast_to_fp32": upcast})
+                if upcast:
+                    f = _recast(f, Path(tmp) / f.name, to_half=True)
+                parts = []
+                with open(f, "rb") as src:
+                    for i, block in enumerate(iter(lambda: src.read(size), b"")):
+                        part = out / f"{rel.replace('/', '__')}.part{i:03d}"
+                        part.write_bytes(block)
+                        parts.append(part.name)
+                manifest["files"].append({"path": rel, "sha256": sha256(f), "size": f.stat().st_size, "parts": parts,
+                                          "upcast_to_fp32": upcast})
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     total = sum(x["size"] for x in manifest["files"]) / 2**20
     print(f"{len(manifest['files'])} files, {total:.0f} MiB in chunks of <= {chunk_mb} MiB in {out}")
@@ -95,17 +97,8 @@ def unpack(ship: Path, out: Path) -> None:
         if target.stat().st_size != entry["size"] or sha256(target) != entry["sha256"]:
             raise SystemExit(f"{target}: size or SHA-256 differs from the manifest; copy the parts again.")
         if entry.get("upcast_to_fp32"):
-            _upcast(target)
+            _recast(target, target, to_half=False)
     print(f"{len(manifest['files'])} files joined and verified in {out}")
-
-
-def _upcast(path: Path) -> None:
-    """Back to fp32 after verifying the fp16 copy, so the judge computes as it does elsewhere."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    tensors = {k: v.to(torch.float32) if v.dtype == torch.float16 else v for k, v in load_file(path).items()}
-    save_file(tensors, path, metadata={"format": "pt"})
 
 
 def has_weights(model: Path) -> bool:

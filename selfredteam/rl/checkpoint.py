@@ -27,7 +27,7 @@ LATEST = "latest"
 
 def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: random.Random,
                     state: dict[str, Any], is_main: bool = True, variants: dict[str, Any] | None = None) -> Path | None:
-    """Write step_N (on the main process). Under FSDP every process must call it: the weights and
+    """Write step_N (on the main process). Under FSDP or ZeRO-3 every process must call it: the weights and
     the optimizer state are gathered first (collectives), then the main process writes them."""
     from safetensors.torch import save_file
 
@@ -40,8 +40,7 @@ def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: rando
     final = ckpt_root / f"step_{step}"
     with atomic_dir(final) as tmp:
         sub = tmp / ("adapter" if policy.is_lora else "model")
-        policy.model.save_pretrained(str(sub), safe_serialization=True,
-                                     **({"state_dict": weights} if weights is not None else {}))
+        policy.save_pretrained(sub, weights)
         if not policy.is_lora:
             policy.tokenizer.save_pretrained(str(sub))
         torch.save(trainer, tmp / "trainer.pt")

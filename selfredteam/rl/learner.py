@@ -117,7 +117,7 @@ class Learner:
         return self.acc.no_sync(self.train_model)
 
     def _padded(self, micro: list[list[int]]) -> list[tuple[list[int], bool]]:
-        """(micro-batch, real?) pairs: under FSDP as many as on the busiest process, the extra ones
+        """(micro-batch, real?) pairs: under FSDP and ZeRO-3 as many as on the busiest process, the extra ones
         repeating the first micro-batch (their result is dropped), since every forward of a
         sharded model is a collective."""
         n = self._max(len(micro)) if self.lockstep else len(micro)

@@ -335,8 +335,7 @@ def _sync_adapter(rollout: Any, trainable: TrainablePolicy, out: Path, step: int
     weights = trainable.weights_for_save()
     if is_main:
         adapter_dir = out / "rollout_adapters" / f"step_{step}"
-        trainable.model.save_pretrained(str(adapter_dir), safe_serialization=True,
-                                        **({"state_dict": weights} if weights is not None else {}))
+        trainable.save_pretrained(adapter_dir, weights)
         previous = rollout.adapter
         rollout.sync(adapter_dir, name)
         if previous:

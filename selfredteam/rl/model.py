@@ -152,6 +152,12 @@ class TrainablePolicy:
             return full_model_state(self.model)
         return gathered_state(self.model, lambda name: "lora_" in name)
 
+    def save_pretrained(self, path: Any, weights: dict[str, torch.Tensor] | None) -> None:
+        """Write the adapters (LoRA) or the model in HF format (safetensors). `weights`: what
+        weights_for_save returned (every process gathers, the main one writes), None when unsharded."""
+        self.model.save_pretrained(str(path), safe_serialization=True,
+                                   **({"state_dict": weights} if weights is not None else {}))
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         if self.is_lora:
             return [p for n, p in self.model.named_parameters() if "lora_" in n]
