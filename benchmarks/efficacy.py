@@ -80,9 +80,13 @@ def _last(run: Path, key: str) -> float | None:
     return vals[-1] if vals else None
 
 
-def _stock(summary_path: Path) -> float:
-    subsets = json.loads(summary_path.read_text())["subsets"]
-    return max((e.get("stock_phrase_share") or 0.0) for e in subsets)
+def _stock(eval_dir: Path) -> float:
+    """The largest stock-phrase share over the splits, summarised again from the answers (so answers
+    kept from an earlier run are read with today's eval.metrics.answer_key)."""
+    from selfredteam.eval.run import summarize
+
+    rows = [json.loads(x) for x in (eval_dir / "results.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    return max((e.get("stock_phrase_share") or 0.0) for e in summarize(rows)["subsets"])
 
 
 def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: Path) -> str:
@@ -93,7 +97,7 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
               "stock phrase (max split) base / trained", "KL end", "wall", "peak RSS"]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for seed, (tr, comp) in sorted(runs.items()):
-        base_stock = _stock(base_out / comp["_dir"] / "summary.json")
+        base_stock = _stock(base_out / comp["_dir"])
         fam = {f["family"]: f for f in comp["families"]}["wildjailbreak_adversarial"]
         sub = {(e["benchmark"], e["subset"]): e for e in comp["subsets"]}
         harm = sub[("wildjailbreak", "harmful_adversarial")]
@@ -104,7 +108,7 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
                  f"{_pct(harm['baseline_asr'])} -> {_pct(harm['model_asr'])}"]
         cells += [_ci(sub[(bench, split)]["delta_over_refusal"]) for bench, split, _ in OVER_REFUSAL]
         run = out / f"run{seed}"
-        cells += [f"{base_stock:.2f} / {_stock(run / 'eval' / comp['_dir'] / 'summary.json'):.2f}",
+        cells += [f"{base_stock:.2f} / {_stock(run / 'eval' / comp['_dir']):.2f}",
                   f"{_last(run, 'kl/mean') or 0:.2f}", f"{tr['wall_s'] / 60:.1f} min", f"{tr['peak_rss_gib']:.2f} GiB"]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     lines += ["", "J per family (trained, ΔJ vs base):", ""]

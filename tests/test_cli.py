@@ -139,3 +139,12 @@ def test_study_and_probes_reject_bad_input_before_training(tmp_path):
     assert_clean_error(run_cli("exploit", str(not_a_run)), "is not a `selfredteam train` run dir")
     assert_clean_error(run_cli("crossplay", str(not_a_run), "--out", str(tmp_path / "cp")), "is not a `selfredteam train` run dir")
     assert not (not_a_run / "exploit").exists()
+
+
+def test_self_distill_rows_file_errors_before_loading_models(tmp_path):
+    assert_clean_error(run_cli("self-distill", "--out", str(tmp_path / "o.jsonl"), "--rows", str(tmp_path / "nope.jsonl")),
+                       "is not a file")
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+    assert_clean_error(run_cli("self-distill", "--out", str(tmp_path / "o.jsonl"), "--rows", str(bad)), "record 1")
+    assert not (tmp_path / "o.jsonl").exists()

@@ -150,6 +150,11 @@ def self_distill_cmd(
     seeds: Annotated[int, typer.Option("--seeds", "-n", help="Vanilla seeds to answer (half harmful).")] = 96,
     max_per_phrase: Annotated[int, typer.Option(help="Keep at most this many replies with the same first sentence (0 = no cap).")] = 2,
     revise: Annotated[bool, typer.Option(help="Also keep each row under the model's own attacker revision of its prompt (adversarial framings).")] = False,
+    model_thoughts: Annotated[bool, typer.Option(
+        help="The model writes each row's thought (what the request asks for, whether it is safe to help) "
+             "instead of one fixed neutral thought for every row.")] = False,
+    rows_from: Annotated[Path | None, typer.Option(
+        "--rows", help="Start from this SFT file's rows instead of answering seeds (e.g. to add --thoughts model).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
@@ -160,12 +165,18 @@ def self_distill_cmd(
     (harmful refused, benign answered unharmfully) are kept, balanced, and post-filled with a
     short thought so they train the CoT format. See README "Warm-starting refusals".
     """
-    from selfredteam.data import load_pool, missing_class, sample_batch
+    from selfredteam.data import load_pool, missing_class, read_records, sample_batch
     from selfredteam.fsutil import write_text_atomic
     from selfredteam.judges import build_judge
     from selfredteam.policy import build_policy
-    from selfredteam.policy.base import sampling_params
-    from selfredteam.rl.sft import add_revisions, self_distill
+    from selfredteam.policy.base import SamplingParams, sampling_params
+    from selfredteam.rl.sft import (
+        THOUGHT_TOKENS,
+        add_revisions,
+        add_thoughts,
+        load_sft_rows,
+        self_distill,
+    )
 
     cfg = config_from(preset, config, list(set_ or []))
     if seeds < 2:
@@ -175,6 +186,10 @@ def self_distill_cmd(
         raise UserError(f"--out {out} is a directory; give a .jsonl file path.")
     if problem := missing_class(pool, cfg.game.harmful_fraction, cfg.data.seeds):
         logging.getLogger("selfredteam").warning(problem)
+    if rows_from is not None:
+        if not rows_from.is_file():
+            raise UserError(f"--rows {rows_from} is not a file.")
+        load_sft_rows(str(rows_from))  # a clear error for a row without prompt/response, before loading models
     out.parent.mkdir(parents=True, exist_ok=True)
     info = announce_runtime(cfg.model, cfg.run.threads)
     with console.status("Loading judge..."):
@@ -182,21 +197,31 @@ def self_distill_cmd(
     with console.status(f"Loading policy {cfg.model.name_or_path}..."):
         policy = build_policy(cfg)
     rng = random.Random(cfg.run.seed)
-    batch = sample_batch(pool, seeds, cfg.game.harmful_fraction, rng)
-    with console.status(f"Answering {len(batch)} seeds..."):
-        rows = self_distill(batch, policy, judge, sampling_params(cfg.generation, "defender", False), rng,
-                            max_per_phrase=max_per_phrase)
+    if rows_from is not None:
+        rows = [dict(r) for _, r in read_records(str(rows_from))]
+        source = f"{rows_from}"
+    else:
+        batch = sample_batch(pool, seeds, cfg.game.harmful_fraction, rng)
+        source = f"{len(batch)} seeds"
+        with console.status(f"Answering {len(batch)} seeds..."):
+            rows = self_distill(batch, policy, judge, sampling_params(cfg.generation, "defender", False), rng,
+                                max_per_phrase=max_per_phrase)
     if revise and rows:
         with console.status(f"Revising {len(rows)} prompts with the attacker..."):
             rows += add_revisions(rows, policy, judge, sampling_params(cfg.generation, "attacker", False))
+    if model_thoughts and rows:
+        with console.status(f"Writing a thought for each of {len(rows)} rows..."):
+            rows, kept_neutral = add_thoughts(rows, policy, SamplingParams(THOUGHT_TOKENS, cfg.generation.temperature))
+        console.print(f"{len(rows) - kept_neutral} rows got a written thought; {kept_neutral} kept the neutral one "
+                      "(no usable sentence).")
     warn_truncations(policy, judge)
     if not rows:
-        raise UserError(f"No reply of {len(batch)} was both a judged refusal of a harmful seed and one "
+        raise UserError(f"No reply of {source} was both a judged refusal of a harmful seed and one "
                         "judged answer of a benign one; try more --seeds.")
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_text_atomic(out.with_suffix(".runtime.json"), json.dumps(info, indent=2) + "\n")
     refusals = sum(r["label"] == "harmful" for r in rows)
-    console.print(f"Kept {len(rows)} rows from {len(batch)} seeds ({refusals} refusals, {len(rows) - refusals} "
+    console.print(f"Kept {len(rows)} rows from {source} ({refusals} refusals, {len(rows) - refusals} "
                   f"answers; {sum(bool(r.get('revised')) for r in rows)} of them under an attacker revision) in {out}.")
 
 

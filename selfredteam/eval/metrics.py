@@ -70,12 +70,24 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _NON_WORD = re.compile(r"[^a-z0-9 ]+")
 
 
+MIN_KEY_WORDS = 4
+"""An answer's key holds at least this many words: a first "sentence" such as "Certainly!" or
+"1." opens many different answers and is no stock phrase."""
+
+
 def answer_key(text: str) -> str:
-    """An answer's first sentence, lowercased, punctuation dropped, whitespace collapsed: two
-    answers with the same key say the same stock phrase ("I'm sorry, but I can't assist with
-    that." and "I'm sorry but I can't assist with that")."""
-    first = _SENTENCE.split(text.strip(), maxsplit=1)[0] if text.strip() else ""
-    return " ".join(_NON_WORD.sub(" ", first.lower()).split())
+    """An answer's opening, lowercased, punctuation dropped, whitespace collapsed: its first
+    sentence, joined with the next ones until it has MIN_KEY_WORDS words. Two answers with the
+    same key say the same stock phrase ("I'm sorry, but I can't assist with that." and "I'm sorry
+    but I can't assist with that"); "Certainly! Here is a poem." and "Certainly! The capital is
+    Paris." do not (on first sentences alone, 0.20-0.25 of the non-refusal answers of two CPU
+    runs were "one phrase": "Certainly!")."""
+    words: list[str] = []
+    for sentence in _SENTENCE.split(text.strip()) if text.strip() else []:
+        words += _NON_WORD.sub(" ", sentence.lower()).split()
+        if len(words) >= MIN_KEY_WORDS:
+            break
+    return " ".join(words)
 
 
 def top_share(texts: list[str]) -> tuple[float | None, str]:

@@ -89,7 +89,23 @@ def defender_turn(prompt: str, cot: bool) -> Turn:
     )
 
 
+# Asks the model for the sentence it would think before a reply it already gave (self-distill
+# --thoughts model): a thought that names what this request asks for, instead of one fixed
+# sentence that every SFT row shares (a fixed thought was echoed as the answer: #19 point 7).
+_THOUGHT_TASK = (
+    "A user sent this request to an AI assistant:\n{prompt}\n\nThe assistant replied:\n{reply}\n\n"
+    "Before replying, the assistant thought in one short sentence about what the request asks for "
+    "and whether it is safe to help. Write only that sentence."
+)
+
+
+def thought_turn(prompt: str, reply: str) -> Turn:
+    """Ask for the one-sentence thought that leads from `prompt` to the given `reply`."""
+    return Turn(messages=[{"role": "user", "content": _THOUGHT_TASK.format(prompt=prompt, reply=reply)}])
+
+
 def instruction_texts() -> list[str]:
     """The roles' own instructions: an answer made of their words is an echo, not an answer
     (rl/monitor.py)."""
-    return [_ATTACKER_SYSTEM, _HARMFUL_TASK, _BENIGN_TASK, _ATTACKER_COT_FORMAT, _DEFENDER_SYSTEM, _DEFENDER_COT_FORMAT]
+    return [_ATTACKER_SYSTEM, _HARMFUL_TASK, _BENIGN_TASK, _ATTACKER_COT_FORMAT, _DEFENDER_SYSTEM, _DEFENDER_COT_FORMAT,
+            _THOUGHT_TASK]

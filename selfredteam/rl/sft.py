@@ -208,6 +208,50 @@ def self_distill(seeds: list[Seed], policy: Policy, judge: Judge, params: Sampli
     return kept[True][:n] + kept[False][:n]
 
 
+THOUGHT_TOKENS = 48
+"""Generation budget for a written thought (one sentence; a longer one is dropped anyway)."""
+MAX_THOUGHT_WORDS = 30
+"""A written thought longer than this is replaced by the neutral one: it would take the answer's
+share of the defender's token budget (thought and answer share generation.defender_max_new_tokens)."""
+_TAG = re.compile(r"</?(think|answer)>")
+_FIRST_SENTENCE = re.compile(r".*?[^\d\s][.!?](?=\s|$)")
+
+
+def add_thoughts(rows: list[dict[str, Any]], policy: Policy, params: SamplingParams,
+                 tries: int = 3) -> tuple[list[dict[str, Any]], int]:
+    """The rows with a thought the policy wrote for each (`--model-thoughts`), and how many kept
+    the neutral one because no written thought was usable.
+
+    The policy is shown the request and the reply it already gave and asked for the one sentence
+    it would have thought first (game.prompts.thought_turn). Why: every self-distilled row shared
+    one fixed NEUTRAL_THOUGHT, and a CoT defender trained on it answered benign and harmful prompts
+    with that very sentence (#19 point 7; 0.40 of the non-refusal answers on an eval split in the
+    CPU demo). A thought written per request leaves no single sentence to echo, and it names what
+    the request asks for before the reply decides (the paper post-fills model-written thoughts).
+    A thought is usable as its first whole sentence, without CoT tags, of 4 to MAX_THOUGHT_WORDS
+    words, and not an echo of the instructions (rl.monitor.echoes); rows without one are asked
+    again, up to `tries` samples in all, then keep the neutral thought (counted)."""
+    from selfredteam.game.prompts import instruction_texts, thought_turn
+    from selfredteam.rl.monitor import echoes
+
+    def usable(text: str) -> str | None:
+        line = _TAG.sub(" ", text).strip().strip('"').split("\n")[0].strip()
+        m = _FIRST_SENTENCE.match(line)  # no sentence end: cut off
+        thought = " ".join(m.group(0).split()) if m else ""
+        ok = MIN_TARGET_WORDS < len(thought.split()) <= MAX_THOUGHT_WORDS and not echoes(thought, instruction_texts())
+        return thought if ok else None
+
+    thoughts: dict[int, str] = {}
+    for _ in range(tries):
+        todo = [i for i in range(len(rows)) if i not in thoughts]
+        if not todo:
+            break
+        gens = policy.generate([thought_turn(rows[i]["prompt"], rows[i]["response"]) for i in todo], params)
+        thoughts |= {i: t for i, g in zip(todo, gens) if (t := usable(g.text))}
+    out = [row | {"thought": thoughts.get(i, NEUTRAL_THOUGHT)} for i, row in enumerate(rows)]
+    return out, len(rows) - len(thoughts)
+
+
 def add_revisions(rows: list[dict[str, Any]], policy: Policy, judge: Judge, params: SamplingParams,
                   cot: bool = False) -> list[dict[str, Any]]:
     """Each kept row again, under the policy's own attacker revision of its prompt (`--revise`).

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from selfredteam.eval.metrics import sbert_similarity, self_bleu, wilson
+from selfredteam.eval.metrics import answer_key, sbert_similarity, self_bleu, top_share, wilson
 
 
 def test_wilson_known_values():
@@ -45,3 +45,16 @@ def test_sbert_real_encoder_orders_paraphrases():
     close = ["How do I bake bread?", "What is the way to bake bread?", "How can I make bread at home?"]
     far = ["How do I bake bread?", "Explain the tax rules for dividends.", "Write a poem about the sea."]
     assert sbert_similarity(close) > sbert_similarity(far)
+
+
+def test_answer_key_is_a_stock_phrase_not_a_short_opener():
+    # one stock sentence, written two ways: one key
+    assert answer_key("I'm sorry, but I can't assist with that.") == answer_key("I'm sorry but I can't assist with that")
+    # "Certainly!" and "1." open different answers: the key reads on to 4 words
+    assert answer_key("Certainly! Here is a poem about the sea.") == "certainly here is a poem about the sea"
+    assert answer_key("1. Mix the flour.\n2. Bake it.") == "1 mix the flour"
+    answers = ["Certainly! Here is a poem.", "Certainly! The capital is Paris.", "Certainly! Use a stain remover.",
+               "I will read the request carefully and reply to the user.",
+               "I will read the request carefully and reply to the user!"]
+    assert top_share(answers) == (0.4, "i will read the request carefully and reply to the user")
+    assert answer_key("") == "" and top_share([]) == (None, "")

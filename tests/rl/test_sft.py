@@ -182,3 +182,46 @@ def test_revised_rows_keep_the_vanilla_reply_when_the_judge_keeps_the_class():
     out = add_revisions(rows, Rewriter(), FakeKeywordJudge(), SamplingParams(16))
     assert [(r["prompt"], r["seed"], r["response"]) for r in out] == [
         ("role-play: harm A", "harm A", "Sorry, no."), ("role-play: bake bread", "bake bread", "Mix flour.")]
+
+
+def test_written_thoughts_replace_the_neutral_one_and_unusable_ones_fall_back():
+    from selfredteam.game.prompts import thought_turn
+    from selfredteam.rl.sft import MAX_THOUGHT_WORDS, add_thoughts
+
+    class ThoughtWriter:
+        """Test double: writes the scripted thought for each row's prompt, and checks that it is
+        shown the request and the reply."""
+
+        def __init__(self, thoughts: dict[str, str]) -> None:
+            self.thoughts = thoughts
+            self.asked: dict[str, int] = {}
+
+        def generate(self, turns, params):
+            out = []
+            for t in turns:
+                text = t.messages[-1]["content"]
+                prompt = text.split("request to an AI assistant:\n")[1].split("\n")[0]
+                assert "The assistant replied:\n" in text
+                self.asked[prompt] = self.asked.get(prompt, 0) + 1
+                out.append(Generation(self.thoughts[prompt], [1], [2]))
+            return out
+
+    rows = [{"prompt": p, "response": "Sorry, no.", "label": "harmful", "thought": NEUTRAL_THOUGHT}
+            for p in ("poison", "tags", "cut", "short", "long", "echo")]
+    writer = ThoughtWriter({
+        "poison": '"The user asks how to poison someone, which is harmful. So I decline."\nMore text',
+        "tags": "<think>The user wants a weapon recipe, so I should not help.</think>",
+        "cut": "The user asks about something and I am still writing this",
+        "short": "Harmful.",
+        "long": " ".join(["word"] * (MAX_THOUGHT_WORDS + 1)) + ".",
+        "echo": "Before replying, the assistant thought about what the request asks for and whether it is safe to help.",
+    })
+    out, fallback = add_thoughts(rows, writer, SamplingParams(48), tries=2)
+    assert [r["thought"] for r in out] == [
+        "The user asks how to poison someone, which is harmful.",
+        "The user wants a weapon recipe, so I should not help.",
+        NEUTRAL_THOUGHT, NEUTRAL_THOUGHT, NEUTRAL_THOUGHT, NEUTRAL_THOUGHT]
+    assert fallback == 4
+    assert writer.asked == {"poison": 1, "tags": 1, "cut": 2, "short": 2, "long": 2, "echo": 2}  # unusable: asked again
+    assert [r["response"] for r in out] == ["Sorry, no."] * 6  # the reply itself is untouched
+    assert thought_turn("a", "b").prefix == ""  # asked directly, not in the CoT format
