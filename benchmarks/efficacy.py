@@ -11,6 +11,7 @@ answers), so a re-run only prints, and a variant only trains what it must.
     python benchmarks/efficacy.py --seeds 0 1 --out runs/efficacy
     python benchmarks/efficacy.py --seeds 0 1 --out runs/eff-grpo --name grpo \\
         --set train.algorithm=grpo --set train.samples_per_prompt=4 --baseline-out runs/efficacy/base
+    python benchmarks/efficacy.py --collect runs/efficacy runs/eff-grpo --baseline-out runs/efficacy/base
 """
 
 from __future__ import annotations
@@ -118,6 +119,50 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
     return "\n".join(lines) + "\n"
 
 
+def collect(outs: list[Path], base_out: Path) -> str:
+    """One line per finished OUT dir (a row of an ablation), seeds side by side: the table that
+    compares settings, from what earlier invocations left (nothing is trained or evaluated)."""
+    header = ["run", "seeds", "WJB-adv refusal harmful (mean)", "WJB-adv refusal benign (mean)", "ΔJ WJB-adv per seed",
+              "ASR WJB-adv harmful (mean)", "Δ over-refusal WJB benign / XSTest safe / OR-Hard (mean)",
+              "stock phrase per seed", "KL end per seed", "train min per seed"]
+    base = [f"{d} splits {_stock(base_out / d):.2f}" for d in ("screen", "efficacy") if (base_out / d / "results.jsonl").is_file()]
+    lines = [f"{cpu_name()}; stock phrase of the base model: {', '.join(base)}",
+             "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for out in outs:
+        seeds = sorted(int(r.name[3:]) for r in out.glob("run*") if (r / "efficacy_train.json").is_file()
+                       and any((r / "eval" / d / "comparison.json").is_file() for d in ("screen", "efficacy")))
+        if not seeds:
+            continue
+        cols: dict[str, list] = {k: [] for k in ("h", "b", "dj", "asr", "or", "stock", "kl", "min", "bh", "bb", "basr")}
+        for seed in seeds:
+            run = out / f"run{seed}"
+            d = next(run / "eval" / d for d in ("screen", "efficacy") if (run / "eval" / d / "comparison.json").is_file())
+            comp = json.loads((d / "comparison.json").read_text())
+            fam = {f["family"]: f for f in comp["families"]}["wildjailbreak_adversarial"]
+            sub = {(e["benchmark"], e["subset"]): e for e in comp["subsets"]}
+            harm = sub[("wildjailbreak", "harmful_adversarial")]
+            rate = lambda r: r["k"] / r["n"]  # noqa: E731
+            cols["bh"].append(rate(fam["baseline"]["harmful_refusal"]))
+            cols["bb"].append(rate(fam["baseline"]["benign_refusal"]))
+            cols["basr"].append(rate(harm["baseline_asr"]))
+            cols["h"].append(rate(fam["model"]["harmful_refusal"]))
+            cols["b"].append(rate(fam["model"]["benign_refusal"]))
+            cols["dj"].append(_ci(fam["delta_J"]))
+            cols["asr"].append(rate(harm["model_asr"]))
+            cols["or"].append([sub[(bench, split)]["delta_over_refusal"]["value"] for bench, split, _ in OVER_REFUSAL])
+            cols["stock"].append(f"{_stock(d):.2f}")
+            cols["kl"].append(f"{_last(run, 'kl/mean') or 0:.2f}")
+            cols["min"].append(f"{json.loads((run / 'efficacy_train.json').read_text())['wall_s'] / 60:.1f}")
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        over = " / ".join(f"{mean([o[i] for o in cols['or']]):+.2f}" for i in range(len(OVER_REFUSAL)))
+        cells = [out.name, ", ".join(map(str, seeds)), f"{mean(cols['bh']):.2f} -> {mean(cols['h']):.2f}",
+                 f"{mean(cols['bb']):.2f} -> {mean(cols['b']):.2f}", "; ".join(cols["dj"]),
+                 f"{mean(cols['basr']):.2f} -> {mean(cols['asr']):.2f}", over, " / ".join(cols["stock"]),
+                 " / ".join(cols["kl"]), " / ".join(cols["min"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -128,7 +173,12 @@ def main() -> None:
     ap.add_argument("--baseline-out", type=Path, help="where the base model's answers are kept (default OUT/base)")
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--screen", action="store_true", help=f"evaluate only {SCREEN}")
+    ap.add_argument("--collect", type=Path, nargs="+", metavar="OUT",
+                    help="print one table over these finished OUT dirs (seeds side by side) and exit")
     args = ap.parse_args()
+    if args.collect:
+        print(collect(args.collect, args.baseline_out or args.collect[0] / "base"))
+        return
     sets = [x for s in args.set for x in ("--set", s)]
     base_out = args.baseline_out or args.out / "base"
     runs = {}
