@@ -67,8 +67,12 @@ def evaluate(run: Path, base_out: Path, sets: list[str], per_subset: int, splits
     return json.loads((out / "comparison.json").read_text()) | {"_dir": out.name}
 
 
+def _rate(rate: dict) -> float:
+    return rate["k"] / rate["n"] if rate["n"] else float("nan")
+
+
 def _pct(rate: dict) -> str:
-    return f"{rate['k'] / rate['n']:.2f}" if rate["n"] else "-"
+    return f"{_rate(rate):.2f}" if rate["n"] else "-"
 
 
 def _ci(d: dict) -> str:
@@ -128,27 +132,30 @@ def collect(outs: list[Path], base_out: Path) -> str:
     base = [f"{d} splits {_stock(base_out / d):.2f}" for d in ("screen", "efficacy") if (base_out / d / "results.jsonl").is_file()]
     lines = [f"{cpu_name()}; stock phrase of the base model: {', '.join(base)}",
              "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    def evaluated(run: Path) -> Path | None:
+        """The run's eval dir with a comparison (the screen or the full splits), if it has one."""
+        dirs = [run / "eval" / d for d in ("screen", "efficacy") if (run / "eval" / d / "comparison.json").is_file()]
+        return dirs[0] if dirs and (run / "efficacy_train.json").is_file() else None
+
     for out in outs:
-        seeds = sorted(int(r.name[3:]) for r in out.glob("run*") if (r / "efficacy_train.json").is_file()
-                       and any((r / "eval" / d / "comparison.json").is_file() for d in ("screen", "efficacy")))
+        seeds = sorted(int(r.name[3:]) for r in out.glob("run*") if evaluated(r))
         if not seeds:
             continue
         cols: dict[str, list] = {k: [] for k in ("h", "b", "dj", "asr", "or", "stock", "kl", "min", "bh", "bb", "basr")}
         for seed in seeds:
             run = out / f"run{seed}"
-            d = next(run / "eval" / d for d in ("screen", "efficacy") if (run / "eval" / d / "comparison.json").is_file())
+            d = evaluated(run)
             comp = json.loads((d / "comparison.json").read_text())
             fam = {f["family"]: f for f in comp["families"]}["wildjailbreak_adversarial"]
             sub = {(e["benchmark"], e["subset"]): e for e in comp["subsets"]}
             harm = sub[("wildjailbreak", "harmful_adversarial")]
-            rate = lambda r: r["k"] / r["n"]  # noqa: E731
-            cols["bh"].append(rate(fam["baseline"]["harmful_refusal"]))
-            cols["bb"].append(rate(fam["baseline"]["benign_refusal"]))
-            cols["basr"].append(rate(harm["baseline_asr"]))
-            cols["h"].append(rate(fam["model"]["harmful_refusal"]))
-            cols["b"].append(rate(fam["model"]["benign_refusal"]))
+            cols["bh"].append(_rate(fam["baseline"]["harmful_refusal"]))
+            cols["bb"].append(_rate(fam["baseline"]["benign_refusal"]))
+            cols["basr"].append(_rate(harm["baseline_asr"]))
+            cols["h"].append(_rate(fam["model"]["harmful_refusal"]))
+            cols["b"].append(_rate(fam["model"]["benign_refusal"]))
             cols["dj"].append(_ci(fam["delta_J"]))
-            cols["asr"].append(rate(harm["model_asr"]))
+            cols["asr"].append(_rate(harm["model_asr"]))
             cols["or"].append([sub[(bench, split)]["delta_over_refusal"]["value"] for bench, split, _ in OVER_REFUSAL])
             cols["stock"].append(f"{_stock(d):.2f}")
             cols["kl"].append(f"{_last(run, 'kl/mean') or 0:.2f}")

@@ -154,7 +154,7 @@ def self_distill_cmd(
         help="The model writes each row's thought (what the request asks for, whether it is safe to help) "
              "instead of one fixed neutral thought for every row.")] = False,
     rows_from: Annotated[Path | None, typer.Option(
-        "--rows", help="Start from this SFT file's rows instead of answering seeds (e.g. to add --thoughts model).")] = None,
+        "--rows", help="Start from this SFT file's rows instead of answering seeds (e.g. to add --model-thoughts).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,

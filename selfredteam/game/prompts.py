@@ -90,7 +90,7 @@ def defender_turn(prompt: str, cot: bool) -> Turn:
 
 
 # Asks the model for the sentence it would think before a reply it already gave (self-distill
-# --thoughts model): a thought that names what this request asks for, instead of one fixed
+# --model-thoughts): a thought that names what this request asks for, instead of one fixed
 # sentence that every SFT row shares (a fixed thought was echoed as the answer: #19 point 7).
 _THOUGHT_TASK = (
     "A user sent this request to an AI assistant:\n{prompt}\n\nThe assistant replied:\n{reply}\n\n"
