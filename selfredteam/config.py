@@ -305,7 +305,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # it must think first, so CoT self-play alone found almost no refusals to reinforce (two
         # 20-step runs: correct refusals 0.00 -> 0.00). Its own judge-approved direct replies,
         # as an auxiliary SFT term, carry them into the CoT format (README "Warm-starting
-        # refusals"); 2 pairs a step cost 3-5 s.
+        # refusals"); 2 pairs a step cost 3-5 s. Each row's thought is the model's own sentence:
+        # with one neutral thought in every row, one seed of two answered 0.40 of benign prompts
+        # with that sentence; with written thoughts 0.08 and 0.03 (base 0.02), the same ΔJ
+        # (BENCHMARKS.md, issue 19).
         "train.sft_data": "embedded",
         "train.sft_coef": 1.0,
         "train.sft_batch_size": 2,

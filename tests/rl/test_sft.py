@@ -226,3 +226,16 @@ def test_written_thoughts_replace_the_neutral_one_and_unusable_ones_fall_back():
     assert writer.asked == {"poison": 1, "tags": 1, "cut": 2, "short": 2, "long": 2, "echo": 2, "refuse": 2}
     assert [r["response"] for r in out] == ["Sorry, no."] * 7  # the reply itself is untouched
     assert thought_turn("a", "b").prefix == ""  # asked directly, not in the CoT format
+
+
+def test_embedded_set_has_written_thoughts_none_shared_widely_none_a_refusal():
+    """The shipped set's thoughts were written per row (--model-thoughts): one thought in every row
+    was echoed as the answer by the CPU demo, and a refusal as the thought was refused in."""
+    from collections import Counter
+
+    from selfredteam.judges.embedded import pattern_refusal
+
+    rows = load_sft_rows("embedded")
+    top, n = Counter(r.thought for r in rows).most_common(1)[0]
+    assert top == NEUTRAL_THOUGHT and n / len(rows) <= 0.2
+    assert not any(pattern_refusal(r.thought) for r in rows if r.thought)
