@@ -27,6 +27,8 @@ from _common import cpu_name
 
 SPLITS = "harmful_adversarial,benign_adversarial,harmful_vanilla,benign_vanilla,xstest_safe,xstest_unsafe,or_bench_hard"
 SCREEN = "harmful_adversarial,benign_adversarial,xstest_safe,or_bench_hard"
+EVAL_DIRS = ("screen", "efficacy")
+"""Where a run's answers go under RUN/eval: the --screen splits, or all of SPLITS."""
 """`--screen`: the splits the acceptance targets name, for quicker comparisons while tuning."""
 OVER_REFUSAL = [("wildjailbreak", "benign_adversarial", "WJB adv benign"), ("xstest", "xstest_safe", "XSTest safe"),
                 ("or_bench_hard", "or_bench_hard", "OR-Bench-Hard")]
@@ -58,13 +60,21 @@ def train(run: Path, seed: int, sets: list[str]) -> dict:
 
 
 def evaluate(run: Path, base_out: Path, sets: list[str], per_subset: int, splits: str) -> dict:
-    out = run / "eval" / ("efficacy" if splits == SPLITS else "screen")
+    out = run / "eval" / EVAL_DIRS[splits == SPLITS]
     if not (out / "comparison.json").is_file():
         cmd = cli("eval", "--model", str(run), "--baseline", "embedded", "--baseline-out", str(base_out / out.name),
                   "--benchmarks", "wildjailbreak,xstest,or_bench_hard", "--subsets", splits,
                   "--per-subset", str(per_subset), "--out", str(out), *sets)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "comparison.json").read_text()) | {"_dir": out.name}
+
+
+def _wjb(comp: dict) -> tuple[dict, dict, dict]:
+    """From a comparison.json: the WildJailbreak adversarial family, every subset by (benchmark,
+    subset), and the adversarial harmful subset (the acceptance targets read these)."""
+    fam = {f["family"]: f for f in comp["families"]}["wildjailbreak_adversarial"]
+    sub = {(e["benchmark"], e["subset"]): e for e in comp["subsets"]}
+    return fam, sub, sub[("wildjailbreak", "harmful_adversarial")]
 
 
 def _rate(rate: dict) -> float:
@@ -103,9 +113,7 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for seed, (tr, comp) in sorted(runs.items()):
         base_stock = _stock(base_out / comp["_dir"])
-        fam = {f["family"]: f for f in comp["families"]}["wildjailbreak_adversarial"]
-        sub = {(e["benchmark"], e["subset"]): e for e in comp["subsets"]}
-        harm = sub[("wildjailbreak", "harmful_adversarial")]
+        fam, sub, harm = _wjb(comp)
         b, m = fam["baseline"], fam["model"]
         cells = [f"{_pct(b['harmful_refusal'])} -> {_pct(m['harmful_refusal'])}",
                  f"{_pct(b['benign_refusal'])} -> {_pct(m['benign_refusal'])}",
@@ -129,12 +137,12 @@ def collect(outs: list[Path], base_out: Path) -> str:
     header = ["run", "seeds", "WJB-adv refusal harmful (mean)", "WJB-adv refusal benign (mean)", "ΔJ WJB-adv per seed",
               "ASR WJB-adv harmful (mean)", "Δ over-refusal WJB benign / XSTest safe / OR-Hard (mean)",
               "stock phrase per seed", "KL end per seed", "train min per seed"]
-    base = [f"{d} splits {_stock(base_out / d):.2f}" for d in ("screen", "efficacy") if (base_out / d / "results.jsonl").is_file()]
+    base = [f"{d} splits {_stock(base_out / d):.2f}" for d in EVAL_DIRS if (base_out / d / "results.jsonl").is_file()]
     lines = [f"{cpu_name()}; stock phrase of the base model: {', '.join(base)}",
              "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     def evaluated(run: Path) -> Path | None:
         """The run's eval dir with a comparison (the screen or the full splits), if it has one."""
-        dirs = [run / "eval" / d for d in ("screen", "efficacy") if (run / "eval" / d / "comparison.json").is_file()]
+        dirs = [run / "eval" / d for d in EVAL_DIRS if (run / "eval" / d / "comparison.json").is_file()]
         return dirs[0] if dirs and (run / "efficacy_train.json").is_file() else None
 
     for out in outs:
@@ -146,9 +154,7 @@ def collect(outs: list[Path], base_out: Path) -> str:
             run = out / f"run{seed}"
             d = evaluated(run)
             comp = json.loads((d / "comparison.json").read_text())
-            fam = {f["family"]: f for f in comp["families"]}["wildjailbreak_adversarial"]
-            sub = {(e["benchmark"], e["subset"]): e for e in comp["subsets"]}
-            harm = sub[("wildjailbreak", "harmful_adversarial")]
+            fam, sub, harm = _wjb(comp)
             cols["bh"].append(_rate(fam["baseline"]["harmful_refusal"]))
             cols["bb"].append(_rate(fam["baseline"]["benign_refusal"]))
             cols["basr"].append(_rate(harm["baseline_asr"]))

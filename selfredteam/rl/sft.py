@@ -214,7 +214,6 @@ MAX_THOUGHT_WORDS = 30
 """A written thought longer than this is replaced by the neutral one: it would take the answer's
 share of the defender's token budget (thought and answer share generation.defender_max_new_tokens)."""
 _TAG = re.compile(r"</?(think|answer)>")
-_FIRST_SENTENCE = re.compile(r".*?[^\d\s][.!?](?=\s|$)")
 
 
 def add_thoughts(rows: list[dict[str, Any]], policy: Policy, params: SamplingParams,
@@ -239,8 +238,8 @@ def add_thoughts(rows: list[dict[str, Any]], policy: Policy, params: SamplingPar
 
     def usable(text: str) -> str | None:
         line = _TAG.sub(" ", text).strip().strip('"').split("\n")[0].strip()
-        m = _FIRST_SENTENCE.match(line)  # no sentence end: cut off
-        thought = " ".join(m.group(0).split()) if m else ""
+        end = _SENTENCE_END.search(line)  # the same sentence rule as whole_sentences; none: cut off
+        thought = " ".join(line[: end.end()].split()) if end else ""
         ok = (MIN_TARGET_WORDS < len(thought.split()) <= MAX_THOUGHT_WORDS and not pattern_refusal(thought)
               and not echoes(thought, instruction_texts()))
         return thought if ok else None
