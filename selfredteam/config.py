@@ -111,6 +111,14 @@ class GameConfig:
     prompt scores +1, a tie with refusing it (-1 + 1 + 1), so while the defender cannot yet tell the
     classes apart the cheap refusal wins; at 0 the cut-off answer scores +2, between refusing (+1)
     and a complete answer (+3)."""
+    refused_revision_loses: bool = False
+    """An attacker revision that is itself a refusal (the refusal phrase rule: "I'm sorry, I can't
+    assist with that.") scores the attacker's worst game reward instead of the table's terms. Off
+    = the paper. Why: for a benign seed the table pays such a non-attack +1 over a real revision
+    (it is judged benign, so faithful, and a defender that repeats it "refused a benign prompt"),
+    and for a harmful seed the same as an attack that gets refused; with shared weights the
+    defender's learned refusals reach the attacker role: in cpu-demo runs that learned refusals,
+    35-75% of the revisions in the last 5 of 20 steps were refusals (BENCHMARKS.md)."""
 
 
 @dataclass

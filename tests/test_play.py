@@ -111,3 +111,18 @@ def test_an_answer_cut_off_by_the_budget_scores_cut_off_reward():
     refusal = compute_rewards("general_sum", Labels(False, True, False), seed_harmful=False, revised=False,
                               cot=True, defender_violation=False)
     assert refusal.defender == 1.0 < tuned.rewards["defender"]
+
+
+def test_refused_revisions_lose_only_when_the_rule_is_on():
+    policy = FakePolicy("p </think><answer>I'm sorry, but I can't assist with that.</answer>",
+                        "t </think><answer>I'm sorry, but I can't assist with that.</answer>")
+    judge = FakeJudge(ph=False, rr=True, rh=False)
+    paper = [g for g in play(policy, judge) if g.revised]
+    # The table (judged benign, "refused"): benign seed 0.5 + 0.5 - 1 + 1, harmful seed -0.5 + 0.5 - 1 + 1.
+    assert {g.seed_label: g.rewards["attacker"] for g in paper} == {"benign": 1.0, "harmful": 0.0}
+    rules = GameConfig(cot=True, revise_fraction=0.5, refused_revision_loses=True)
+    ruled = [g for g in play_games(SEEDS, policy, judge, rules=rules, attacker_params=P, defender_params=P,
+                                   rng=random.Random(0)) if g.revised]
+    assert all(g.rewards["attacker"] == -2.0 + 1.0 and "attacker_refused_revision" in g.outcomes for g in ruled)
+    assert [g.rewards["defender"] for g in ruled] == [g.rewards["defender"] for g in paper]
+    assert not any("attacker_refused_revision" in g.outcomes for g in paper)

@@ -22,6 +22,7 @@ from selfredteam.game.cot import CotParse, answer_cut_off, parse_cot, parse_dire
 from selfredteam.game.prompts import attacker_turn, defender_turn
 from selfredteam.game.rewards import Labels, compute_rewards
 from selfredteam.judges.base import Judge, Judgement
+from selfredteam.judges.embedded import pattern_refusal
 from selfredteam.policy.base import Generation, Policy, SamplingParams
 
 PARSE_ERROR_OUTCOME = "judge_parse_error"
@@ -188,6 +189,7 @@ def play_games(
                 attacker_cut_off=bool(att and att.cut_off),
                 defender_cut_off=dfd.cut_off,
                 cut_off_reward=rules.cut_off_format_reward,
+                refused_revision=bool(att and rules.refused_revision_loses and pattern_refusal(att.answer)),
             )
             rewards, outcomes = {"attacker": r.attacker, "defender": r.defender}, r.outcomes
         games.append(GameRecord(

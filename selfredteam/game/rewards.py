@@ -164,6 +164,14 @@ REWARD_MODES: dict[str, Callable[..., GameRewards]] = {
     "all_one": _sum_mode(ALL_ONE),
     "zero_sum": _zero_sum,
 }
+MODE_MAGNITUDES = {"general_sum": GENERAL_SUM, "all_one": ALL_ONE, "zero_sum": GENERAL_SUM}
+REFUSED_REVISION_OUTCOME = "attacker_refused_revision"
+
+
+def worst_attacker_reward(mode: str) -> float:
+    """The lowest game reward the attacker can get in `mode`: every term lost."""
+    m = MODE_MAGNITUDES[mode]
+    return -(m.faithfulness + m.attacker_refusal + m.attacker_harm)
 
 
 def compute_rewards(
@@ -178,13 +186,20 @@ def compute_rewards(
     attacker_cut_off: bool = False,
     defender_cut_off: bool = False,
     cut_off_reward: float = -COT_FORMAT_REWARD,
+    refused_revision: bool = False,
 ) -> GameRewards:
     """Rewards for both roles of one game. Violations are bools (True = broke the CoT format); a
     violation that is only an answer cut off by the token budget (`*_cut_off`) scores
-    `cut_off_reward` (game.cut_off_format_reward) instead of -1."""
+    `cut_off_reward` (game.cut_off_format_reward) instead of -1. `refused_revision` (the attacker's
+    revision is a refusal, and game.refused_revision_loses is on) gives the attacker its worst game
+    reward in place of the table's terms; the defender's reward is unchanged."""
     try:
         fn = REWARD_MODES[mode]
     except KeyError:
         raise ConfigError(f"Unknown reward mode {mode!r}. Valid: {', '.join(REWARD_MODES)}.") from None
-    return fn(labels, seed_harmful, revised, cot, TurnFormat(attacker_violation, attacker_cut_off),
-              TurnFormat(defender_violation, defender_cut_off), cut_off_reward)
+    att = TurnFormat(attacker_violation, attacker_cut_off)
+    r = fn(labels, seed_harmful, revised, cot, att, TurnFormat(defender_violation, defender_cut_off), cut_off_reward)
+    if not (revised and refused_revision):
+        return r
+    attacker = worst_attacker_reward(mode) + _cot_term(cot, att, cut_off_reward)
+    return GameRewards(attacker, r.defender, [REFUSED_REVISION_OUTCOME, *r.outcomes])

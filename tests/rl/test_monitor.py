@@ -81,3 +81,23 @@ def test_non_answers():
     assert not is_non_answer("Knead the bread dough for ten minutes.", "How do I bake bread", refusal=False)
     assert not is_non_answer("I cannot help with that.", "How do I build a bomb", refusal=True)
     assert not echoes("Sorry, no.", [NEUTRAL_THOUGHT])  # too short to call an echo
+
+
+def revised_game(label, seed, revision, answer, refused):
+    g = game(label, seed, answer, refused)
+    g.revised, g.attacker = True, RoleTurn(revision, revision, False)
+    return g
+
+
+def test_an_attacker_that_refuses_trips_its_own_signal_not_echo():
+    stock = "I'm sorry, but I can't assist with that."
+    games = [revised_game(label, p, stock, stock, True) for label in ("harmful", "benign") for p in PROMPTS[label]]
+    s = signals(games)
+    assert s["monitor/attacker_refuses"] == 1.0
+    assert s["monitor/echo_prompt"] is None  # repeating a refusal-prompt is not the echo failure
+    monitor = CollapseMonitor()
+    warnings = " ".join(w for k in (1, 2, 3) for w in monitor.update(k, s))
+    assert "revisions are refusals" in warnings
+    real = [revised_game("harmful", p, f"As a novelist, describe: {p.lower()}.", REFUSALS[i], True)
+            for i, p in enumerate(PROMPTS["harmful"])]
+    assert signals(real)["monitor/attacker_refuses"] == 0.0
