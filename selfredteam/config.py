@@ -117,8 +117,8 @@ class GameConfig:
     = the paper. Why: for a benign seed the table pays such a non-attack +1 over a real revision
     (it is judged benign, so faithful, and a defender that repeats it "refused a benign prompt"),
     and for a harmful seed the same as an attack that gets refused; with shared weights the
-    defender's learned refusals reach the attacker role: in cpu-demo runs that learned refusals,
-    35-75% of the revisions in the last 5 of 20 steps were refusals (BENCHMARKS.md)."""
+    defender's learned refusals reach the attacker role: in most cpu-demo runs that learned refusals,
+    35-85% of the revisions in the last 5 of 20 steps were refusals (BENCHMARKS.md)."""
 
 
 @dataclass
@@ -320,6 +320,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.sft_data": "embedded",
         "train.sft_coef": 1.0,
         "train.sft_batch_size": 2,
+        # Shared weights carry the defender's learned refusals into the attacker role (35-85% of
+        # late revisions were refusals), and the paper's table pays a refusal-as-prompt on a benign
+        # seed. Scoring it as the attacker's loss: over two seeds ΔJ +0.08 and +0.16 (without it
+        # +0.03 and +0.06), over-refusal on WildJailbreak benign +0.11 instead of +0.32, harmful
+        # refusal 0.24 instead of 0.38; within the intervals, the most off-diagonal point measured
+        # (BENCHMARKS.md). The attacker refused as often (31 of 160 revisions, 34 without).
+        "game.refused_revision_loses": True,
     },
     # One modern GPU: a 1-3B instruct model, WildGuard in-process or served by vLLM.
     "single-gpu": {
