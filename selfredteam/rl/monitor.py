@@ -106,7 +106,6 @@ def step_signals(games: list[GameRecord], instructions: list[str], thoughts: lis
     judged = [g for g in games if not g.judge.parse_error]
     answers = [g.defender.answer for g in games]
     attacks = [g.attacker.answer for g in games if g.attacker]
-    first_attacks = [g.attacker.answer for g in games if g.attacker and g.sample == 0]  # one per revised seed
     refused_prompt = [bool(g.attacker) and pattern_refusal(g.final_prompt) for g in games]
     n = len(answers)
 
@@ -125,7 +124,8 @@ def step_signals(games: list[GameRecord], instructions: list[str], thoughts: lis
         "monitor/echo_thought": share([echoes(a, thoughts) for a in answers]),
         "monitor/echo_prompt": share([echoes(g.defender.answer, [g.final_prompt])
                                       for g, refused in zip(games, refused_prompt) if not refused]),
-        "monitor/attacker_refuses": share([pattern_refusal(a) for a in first_attacks]),
+        # One flag per revised seed: its k games share the revision.
+        "monitor/attacker_refuses": share([r for g, r in zip(games, refused_prompt) if g.attacker and g.sample == 0]),
         "monitor/non_answer": share([is_non_answer(g.defender.answer, g.final_prompt, bool(g.judge.response_refusal))
                                      for g in judged]),
         "monitor/refusal_gap": gap,
