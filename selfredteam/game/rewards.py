@@ -159,12 +159,13 @@ def _dedupe(names: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+MODE_MAGNITUDES = {"general_sum": GENERAL_SUM, "all_one": ALL_ONE, "zero_sum": GENERAL_SUM}
+"""Each mode's term magnitudes (zero-sum uses the general-sum ones)."""
 REWARD_MODES: dict[str, Callable[..., GameRewards]] = {
-    "general_sum": _sum_mode(GENERAL_SUM),
-    "all_one": _sum_mode(ALL_ONE),
+    "general_sum": _sum_mode(MODE_MAGNITUDES["general_sum"]),
+    "all_one": _sum_mode(MODE_MAGNITUDES["all_one"]),
     "zero_sum": _zero_sum,
 }
-MODE_MAGNITUDES = {"general_sum": GENERAL_SUM, "all_one": ALL_ONE, "zero_sum": GENERAL_SUM}
 REFUSED_REVISION_OUTCOME = "attacker_refused_revision"
 
 
