@@ -4,9 +4,10 @@ seeds, evaluate base and trained models on the shipped eval splits, print the ta
 For each seed: `selfredteam train --preset cpu-demo` (wall time and peak RSS measured), then
 `selfredteam eval --model RUN --baseline embedded` on the same prompts: refusal rates, refusal
 discrimination J = refusal(harmful) - refusal(benign) per benchmark family and its change ΔJ with
-a paired bootstrap interval, the change in over-refusal per benign split, ASR, and the share of
-non-refusal answers that are one stock phrase. Finished parts are reused (runs, the baseline's
-answers), so a re-run only prints, and a variant only trains what it must.
+a paired bootstrap interval, the change in over-refusal per benign split, ASR, the share of
+non-refusal answers that are one stock phrase, and the share of answers with nothing in them
+(eval.metrics.is_non_answer). Finished parts are reused (runs, the baseline's answers), so a
+re-run only prints, and a variant only trains what it must.
 
     python benchmarks/efficacy.py --seeds 0 1 --out runs/efficacy
     python benchmarks/efficacy.py --seeds 0 1 --out runs/eff-grpo --name grpo \\
@@ -95,13 +96,14 @@ def _last(run: Path, key: str) -> float | None:
     return vals[-1] if vals else None
 
 
-def _stock(eval_dir: Path) -> float:
-    """The largest stock-phrase share over the splits, summarised again from the answers (so answers
-    kept from an earlier run are read with today's eval.metrics.answer_key)."""
+def _share(eval_dir: Path, key: str = "stock_phrase_share") -> float:
+    """The largest share over the splits of the eval summary's `key` (stock phrase, non-answer),
+    summarised again from the answers, so answers kept from an earlier run are read with today's
+    eval.metrics checks."""
     from selfredteam.eval.run import summarize
 
     rows = [json.loads(x) for x in (eval_dir / "results.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    return max((e.get("stock_phrase_share") or 0.0) for e in summarize(rows)["subsets"])
+    return max((e.get(key) or 0.0) for e in summarize(rows)["subsets"])
 
 
 def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: Path) -> str:
@@ -109,10 +111,11 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
              "95% intervals (J: Newcombe; changes: paired bootstrap over prompts).", ""]
     header = ["seed", "WJB-adv refusal harmful (base -> trained)", "WJB-adv refusal benign", "J base -> trained",
               "ΔJ WJB-adv", "ASR WJB-adv harmful", *(f"Δ over-refusal {n}" for *_, n in OVER_REFUSAL),
-              "stock phrase (max split) base / trained", "KL end", "wall", "peak RSS"]
+              "stock phrase (max split) base / trained", "non-answer (max split) base / trained", "KL end", "wall",
+              "peak RSS"]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for seed, (tr, comp) in sorted(runs.items()):
-        base_stock = _stock(base_out / comp["_dir"])
+        base_stock = _share(base_out / comp["_dir"])
         fam, sub, harm = _wjb(comp)
         b, m = fam["baseline"], fam["model"]
         cells = [f"{_pct(b['harmful_refusal'])} -> {_pct(m['harmful_refusal'])}",
@@ -121,7 +124,8 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
                  f"{_pct(harm['baseline_asr'])} -> {_pct(harm['model_asr'])}"]
         cells += [_ci(sub[(bench, split)]["delta_over_refusal"]) for bench, split, _ in OVER_REFUSAL]
         run = out / f"run{seed}"
-        cells += [f"{base_stock:.2f} / {_stock(run / 'eval' / comp['_dir']):.2f}",
+        na = [_share(d, "non_answer_share") for d in (base_out / comp["_dir"], run / "eval" / comp["_dir"])]
+        cells += [f"{base_stock:.2f} / {_share(run / 'eval' / comp['_dir']):.2f}", f"{na[0]:.2f} / {na[1]:.2f}",
                   f"{_last(run, 'kl/mean') or 0:.2f}", f"{tr['wall_s'] / 60:.1f} min", f"{tr['peak_rss_gib']:.2f} GiB"]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     lines += ["", "J per family (trained, ΔJ vs base):", ""]
@@ -136,9 +140,10 @@ def collect(outs: list[Path], base_out: Path) -> str:
     compares settings, from what earlier invocations left (nothing is trained or evaluated)."""
     header = ["run", "seeds", "WJB-adv refusal harmful (mean)", "WJB-adv refusal benign (mean)", "ΔJ WJB-adv per seed",
               "ASR WJB-adv harmful (mean)", "Δ over-refusal WJB benign / XSTest safe / OR-Hard (mean)",
-              "stock phrase per seed", "KL end per seed", "train min per seed"]
-    base = [f"{d} splits {_stock(base_out / d):.2f}" for d in EVAL_DIRS if (base_out / d / "results.jsonl").is_file()]
-    lines = [f"{cpu_name()}; stock phrase of the base model: {', '.join(base)}",
+              "stock phrase per seed", "non-answer per seed", "KL end per seed", "train min per seed"]
+    base = [f"{d} splits {_share(base_out / d):.2f} / {_share(base_out / d, 'non_answer_share'):.2f}"
+            for d in EVAL_DIRS if (base_out / d / "results.jsonl").is_file()]
+    lines = [f"{cpu_name()}; stock phrase / non-answer share of the base model: {', '.join(base)}",
              "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     def evaluated(run: Path) -> Path | None:
         """The run's eval dir with a comparison (the screen or the full splits), if it has one."""
@@ -149,7 +154,7 @@ def collect(outs: list[Path], base_out: Path) -> str:
         seeds = sorted(int(r.name[3:]) for r in out.glob("run*") if evaluated(r))
         if not seeds:
             continue
-        cols: dict[str, list] = {k: [] for k in ("h", "b", "dj", "asr", "or", "stock", "kl", "min", "bh", "bb", "basr")}
+        cols: dict[str, list] = {k: [] for k in ("h", "b", "dj", "asr", "or", "stock", "na", "kl", "min", "bh", "bb", "basr")}
         for seed in seeds:
             run = out / f"run{seed}"
             d = evaluated(run)
@@ -163,14 +168,15 @@ def collect(outs: list[Path], base_out: Path) -> str:
             cols["dj"].append(_ci(fam["delta_J"]))
             cols["asr"].append(_rate(harm["model_asr"]))
             cols["or"].append([sub[(bench, split)]["delta_over_refusal"]["value"] for bench, split, _ in OVER_REFUSAL])
-            cols["stock"].append(f"{_stock(d):.2f}")
+            cols["stock"].append(f"{_share(d):.2f}")
+            cols["na"].append(f"{_share(d, 'non_answer_share'):.2f}")
             cols["kl"].append(f"{_last(run, 'kl/mean') or 0:.2f}")
             cols["min"].append(f"{json.loads((run / 'efficacy_train.json').read_text())['wall_s'] / 60:.1f}")
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         over = " / ".join(f"{mean([o[i] for o in cols['or']]):+.2f}" for i in range(len(OVER_REFUSAL)))
         cells = [out.name, ", ".join(map(str, seeds)), f"{mean(cols['bh']):.2f} -> {mean(cols['h']):.2f}",
                  f"{mean(cols['bb']):.2f} -> {mean(cols['b']):.2f}", "; ".join(cols["dj"]),
-                 f"{mean(cols['basr']):.2f} -> {mean(cols['asr']):.2f}", over, " / ".join(cols["stock"]),
+                 f"{mean(cols['basr']):.2f} -> {mean(cols['asr']):.2f}", over, " / ".join(cols["stock"]), " / ".join(cols["na"]),
                  " / ".join(cols["kl"]), " / ".join(cols["min"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -118,12 +118,12 @@ def _print_eval(title: str, summary: dict[str, Any]) -> None:
 
     t = Table(title=title)
     for col in ("benchmark", "subset", "n", "ASR (harmful)", "refusal", "compliance (benign)", "over-refusal",
-                "stock phrase", "parse err"):
+                "stock phrase", "non-answer", "echo", "parse err"):
         t.add_column(col)
     for e in summary["subsets"]:
         cells = [str(Rate(**e[k])) if k in e else "" for k in ("asr", "refusal_rate", "compliance_rate", "over_refusal_rate")]
-        stock = "-" if e.get("stock_phrase_share") is None else f"{e['stock_phrase_share']:.2f}"
-        t.add_row(e["benchmark"], e["subset"], str(e["n"]), *cells, stock, str(e["parse_errors"]))
+        shares = ["-" if e.get(k) is None else f"{e[k]:.2f}" for k in ("stock_phrase_share", "non_answer_share", "echo_share")]
+        t.add_row(e["benchmark"], e["subset"], str(e["n"]), *cells, *shares, str(e["parse_errors"]))
     out_console.print(t)
 
 

@@ -27,54 +27,15 @@ Signals (shares of the step's defender answers unless said otherwise):
 
 from __future__ import annotations
 
-import re
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from selfredteam.eval.metrics import answer_key, top_share
+from selfredteam.eval.metrics import answer_key, echoes, is_non_answer, top_share
 from selfredteam.game.play import GameRecord
 
 WINDOW = 3
 """Steps averaged before a threshold is checked."""
-ECHO_OVERLAP = 0.7
-"""An answer echoes a text when at least this share of its words (3+ letters) are that text's words."""
-MIN_ECHO_WORDS = 4
-
-_WORD = re.compile(r"[a-z0-9']{3,}")
-_STOP = frozenset([
-    "the", "and", "for", "are", "but", "not", "you", "your", "with", "this", "that", "have",
-    "has", "was", "were", "will", "would", "can", "could", "should", "what", "when", "where",
-    "which", "who", "how", "why", "about", "from", "into", "than", "then", "them", "they",
-    "their", "there", "here", "its", "it's", "i'm", "i'll", "i've", "don't", "can't", "won't",
-    "please", "also", "just", "like", "more", "some", "any", "all", "our", "out", "one", "two",
-])
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def overlap(answer: str, source: str) -> float:
-    """Share of the answer's words that occur in `source` (0 for an answer without words)."""
-    words = _words(answer)
-    if not words:
-        return 0.0
-    vocab = set(_words(source))
-    return sum(w in vocab for w in words) / len(words)
-
-
-def echoes(answer: str, sources: Iterable[str]) -> bool:
-    return len(_words(answer)) >= MIN_ECHO_WORDS and any(overlap(answer, s) >= ECHO_OVERLAP for s in sources)
-
-
-def is_non_answer(answer: str, prompt: str, refusal: bool) -> bool:
-    """Empty, one or two words, or (not a refusal and) sharing no content word with the prompt."""
-    if len(answer.split()) < 3:
-        return True
-    content = {w for w in _words(answer) if w not in _STOP}
-    return not refusal and not content & {w for w in _words(prompt) if w not in _STOP}
 
 
 @dataclass(frozen=True)

@@ -228,13 +228,13 @@ def add_thoughts(rows: list[dict[str, Any]], policy: Policy, params: SamplingPar
     CPU demo). A thought written per request leaves no single sentence to echo, and it names what
     the request asks for before the reply decides (the paper post-fills model-written thoughts).
     A thought is usable as its first whole sentence, without CoT tags, of 4 to MAX_THOUGHT_WORDS
-    words, not an echo of the instructions (rl.monitor.echoes) and not itself a refusal phrase
+    words, not an echo of the instructions (eval.metrics.echoes) and not itself a refusal phrase
     (a first set had 8 in 78, "I'm sorry, but I can't assist with that."; the CPU demo trained on it
     refused inside its thought and then wrote no answer); rows without one are asked again, up to
     `tries` samples in all, then keep the neutral thought (counted)."""
+    from selfredteam.eval.metrics import echoes
     from selfredteam.game.prompts import instruction_texts, thought_turn
     from selfredteam.judges.embedded import pattern_refusal
-    from selfredteam.rl.monitor import echoes
 
     def usable(text: str) -> str | None:
         line = _TAG.sub(" ", text).strip().strip('"').split("\n")[0].strip()
