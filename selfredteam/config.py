@@ -327,6 +327,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # refusal 0.24 instead of 0.38; within the intervals, the most off-diagonal point measured
         # (BENCHMARKS.md). The attacker refused as often (31 of 160 revisions, 34 without).
         "game.refused_revision_loses": True,
+        # 20 steps take 7-8 min on an AVX-512-BF16 2-core machine and took 19.5 min on an AVX2 one
+        # (an earlier preset; BENCHMARKS.md): past 18 min of training a slower machine stops with a
+        # resumable checkpoint, so the demo ends within ~20 min wherever it runs.
+        "train.time_limit_min": 18.0,
     },
     # One modern GPU: a 1-3B instruct model, WildGuard in-process or served by vLLM.
     "single-gpu": {

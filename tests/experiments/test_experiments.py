@@ -223,3 +223,16 @@ def test_redteam_stops_cleanly_and_resumes_without_requerying(tmp_path, monkeypa
 
     html_path, _ = redteam_report(summary, results, tmp_path)
     assert "Content warning" in html_path.read_text() and "<details>" in html_path.read_text()
+
+
+def test_a_presets_run_time_limit_does_not_stretch_the_probe():
+    from selfredteam.config import load_config
+    from selfredteam.experiments.exploit import PROBE_TIME_LIMIT_MIN, probe_config
+
+    demo = load_config("cpu-demo")
+    assert demo.train.time_limit_min == 18.0  # the demo's own guard, for the whole run
+    assert probe_config(demo, None, 8).train.time_limit_min == PROBE_TIME_LIMIT_MIN
+    tight = load_config("cpu-demo", overrides=["train.time_limit_min=2"])
+    assert probe_config(tight, None, 8).train.time_limit_min == 2
+    none = load_config("cpu-demo", overrides=["train.time_limit_min=0"])
+    assert probe_config(none, None, 8).train.time_limit_min == PROBE_TIME_LIMIT_MIN
