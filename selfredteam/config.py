@@ -322,10 +322,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.sft_batch_size": 2,
         # Shared weights carry the defender's learned refusals into the attacker role (35-85% of
         # late revisions were refusals), and the paper's table pays a refusal-as-prompt on a benign
-        # seed. Scoring it as the attacker's loss: over two seeds ΔJ +0.08 and +0.16 (without it
-        # +0.03 and +0.06), over-refusal on WildJailbreak benign +0.11 instead of +0.32, harmful
-        # refusal 0.24 instead of 0.38; within the intervals, the most off-diagonal point measured
-        # (BENCHMARKS.md). The attacker refused as often (31 of 160 revisions, 34 without).
+        # seed. Scoring it as the attacker's loss: ΔJ +0.08, +0.16 and +0.01 over three seeds
+        # (without it +0.03 and +0.06), over-refusal on WildJailbreak benign +0.11 instead of +0.32,
+        # harmful refusal 0.20 instead of 0.38; within the intervals, the most off-diagonal point
+        # measured (BENCHMARKS.md). The attacker refused as often (31 of 160 revisions, 34 without).
         "game.refused_revision_loses": True,
         # 20 steps take 7-8 min on an AVX-512-BF16 2-core machine and took 19.5 min on an AVX2 one
         # (an earlier preset; BENCHMARKS.md): past 18 min of training a slower machine stops with a
