@@ -18,6 +18,7 @@ re-run only prints, and a variant only trains what it must.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -96,14 +97,24 @@ def _last(run: Path, key: str) -> float | None:
     return vals[-1] if vals else None
 
 
-def _share(eval_dir: Path, key: str = "stock_phrase_share") -> float:
-    """The largest share over the splits of the eval summary's `key` (stock phrase, non-answer),
-    summarised again from the answers, so answers kept from an earlier run are read with today's
-    eval.metrics checks."""
+SHARES = ("stock_phrase_share", "non_answer_share", "echo_share")
+"""The eval summary's per-split answer shares the tables read (largest over the splits)."""
+
+
+@functools.cache
+def _shares(eval_dir: Path) -> dict[str, float]:
+    """The largest share over the splits of each of SHARES, summarised again from the answers, so
+    answers kept from an earlier run are read with today's eval.metrics checks. Cached: the base
+    model's dir is read for every row and seed."""
     from selfredteam.eval.run import summarize
 
     rows = [json.loads(x) for x in (eval_dir / "results.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    return max((e.get(key) or 0.0) for e in summarize(rows)["subsets"])
+    subsets = summarize(rows)["subsets"]
+    return {key: max((e.get(key) or 0.0) for e in subsets) for key in SHARES}
+
+
+def _share(eval_dir: Path, key: str = "stock_phrase_share") -> float:
+    return _shares(eval_dir)[key]
 
 
 def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: Path) -> str:
@@ -115,7 +126,6 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
               "peak RSS"]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for seed, (tr, comp) in sorted(runs.items()):
-        base_stock = _share(base_out / comp["_dir"])
         fam, sub, harm = _wjb(comp)
         b, m = fam["baseline"], fam["model"]
         cells = [f"{_pct(b['harmful_refusal'])} -> {_pct(m['harmful_refusal'])}",
@@ -124,9 +134,9 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
                  f"{_pct(harm['baseline_asr'])} -> {_pct(harm['model_asr'])}"]
         cells += [_ci(sub[(bench, split)]["delta_over_refusal"]) for bench, split, _ in OVER_REFUSAL]
         run = out / f"run{seed}"
-        na = [_share(d, "non_answer_share") for d in (base_out / comp["_dir"], run / "eval" / comp["_dir"])]
-        cells += [f"{base_stock:.2f} / {_share(run / 'eval' / comp['_dir']):.2f}", f"{na[0]:.2f} / {na[1]:.2f}",
-                  f"{_last(run, 'kl/mean') or 0:.2f}", f"{tr['wall_s'] / 60:.1f} min", f"{tr['peak_rss_gib']:.2f} GiB"]
+        base, trained = _shares(base_out / comp["_dir"]), _shares(run / "eval" / comp["_dir"])
+        cells += [f"{base[k]:.2f} / {trained[k]:.2f}" for k in ("stock_phrase_share", "non_answer_share")]
+        cells += [f"{_last(run, 'kl/mean') or 0:.2f}", f"{tr['wall_s'] / 60:.1f} min", f"{tr['peak_rss_gib']:.2f} GiB"]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     lines += ["", "J per family (trained, ΔJ vs base):", ""]
     for seed, (_, comp) in sorted(runs.items()):

@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 
 from _common import cpu_name
-from efficacy import EVAL_DIRS, OVER_REFUSAL, _share, _wjb
+from efficacy import EVAL_DIRS, OVER_REFUSAL, _shares, _wjb
 
 from selfredteam.eval.report import monitor_summary
 
@@ -59,8 +59,8 @@ def check(run: Path, base_out: Path) -> dict | None:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     warned = {key: steps[0] for key, _, _, steps in monitor_summary(rows) if steps}
     over = {split: sub[(bench, split)]["delta_over_refusal"]["value"] for bench, split, _ in OVER_REFUSAL}
-    shares = {key: (_share(base_out / d, key), _share(run / "eval" / d, key))
-              for key in ("stock_phrase_share", "echo_share", "non_answer_share")}
+    base, trained = _shares(base_out / d), _shares(run / "eval" / d)
+    shares = {key: (base[key], trained[key]) for key in ("stock_phrase_share", "echo_share", "non_answer_share")}
     rose = {key: trained > base + MARGIN for key, (base, trained) in shares.items()}
     failed = {"collapse": rose["stock_phrase_share"], "over-refusal": any(over[s] > LIMITS[s] for s in over),
               "echo": rose["echo_share"], "non-answer": rose["non_answer_share"]}
