@@ -27,6 +27,8 @@ from pathlib import Path
 
 from _common import cpu_name
 
+from selfredteam.rl.checkpoint import has_checkpoint
+
 SPLITS = "harmful_adversarial,benign_adversarial,harmful_vanilla,benign_vanilla,xstest_safe,xstest_unsafe,or_bench_hard"
 SCREEN = "harmful_adversarial,benign_adversarial,xstest_safe,or_bench_hard"
 EVAL_DIRS = ("screen", "efficacy")
@@ -54,7 +56,7 @@ def measured(cmd: list[str], record: Path) -> dict:
 
 def train(run: Path, seed: int, sets: list[str]) -> dict:
     record = run / "efficacy_train.json"
-    if record.is_file() and (run / "checkpoints" / "latest").is_file():
+    if record.is_file() and has_checkpoint(run):
         return json.loads(record.read_text())
     run.mkdir(parents=True, exist_ok=True)
     cmd = cli("train", "--preset", "cpu-demo", "--out", str(run), "--set", f"run.seed={seed}", *sets)

@@ -12,17 +12,24 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temp dir beside `target`; on success it replaces `target` by one rename."""
+    """Yield a temp dir beside `target`; on success it replaces `target` by one rename.
+
+    An existing `target` is first renamed aside (to a dot-named dir), never deleted in place: a kill
+    during a recursive delete would leave a `target` with some of its files, which a reader could take
+    for whole. At any moment `target` is the old dir, the new one, or absent."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    old = None
     try:
         yield tmp
         if target.exists():
-            shutil.rmtree(target)
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-old-"))
+            os.replace(target, old)
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

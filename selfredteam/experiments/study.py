@@ -31,6 +31,7 @@ import yaml
 from selfredteam.config import Config, load_config
 from selfredteam.errors import ConfigError, UserError
 from selfredteam.experiments.phases import Phase, Progress, run_phases
+from selfredteam.rl.checkpoint import has_checkpoint
 
 BASE = "base"
 
@@ -186,7 +187,7 @@ class Study:
         import time
 
         t0 = time.perf_counter()
-        resume = run if (run / "checkpoints" / "latest").is_file() else None
+        resume = run if has_checkpoint(run) else None
         last = self.tools.train(cfg, run, resume=resume, judge=self.tools.judge, log=self.tools.log)
         if last.get("run/stop_reason") == "signal":
             raise KeyboardInterrupt  # Ctrl-C: the run saved a checkpoint; a re-run resumes it

@@ -6,19 +6,22 @@ Layout of `OUT/checkpoints/step_N/`:
                  torch.load(weights_only=True), so no arbitrary code is ever unpickled)
   rng.safetensors + rng.json   torch and Python RNG states
   state.json     step, data position, model id, resolved config
-A checkpoint is written to a temp dir and renamed into place, then `latest` is updated by an
-atomic rename, so a kill at any moment leaves the previous checkpoint intact.
+A checkpoint is written to a temp dir (`.step_N-*`, `state.json` last) and renamed into place, then
+`latest` is updated by an atomic rename, so a kill at any moment leaves the previous checkpoint intact.
+`latest` is a hint for people and tools, not the source of truth: a kill between the rename and the
+`latest` write leaves a complete `step_N` that `latest` does not name yet, so resuming takes the
+newest complete `step_N` on disk (`newest_checkpoint`).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
+# torch is imported where it is used: experiments and tools that only look for a checkpoint stay light.
 from selfredteam.errors import UserError
 from selfredteam.fsutil import atomic_dir, write_text_atomic
 
@@ -29,6 +32,7 @@ def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: rando
                     state: dict[str, Any], is_main: bool = True, variants: dict[str, Any] | None = None) -> Path | None:
     """Write step_N (on the main process). Under FSDP or ZeRO-3 every process must call it: the weights and
     the optimizer state are gathered first (collectives), then the main process writes them."""
+    import torch
     from safetensors.torch import save_file
 
     trainer = learner.state_dict()
@@ -37,6 +41,8 @@ def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: rando
         return None
     ckpt_root = root / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
+    for torn in ckpt_root.glob(".step_*"):  # temp dirs a killed process left behind (never read)
+        shutil.rmtree(torn, ignore_errors=True)
     final = ckpt_root / f"step_{step}"
     with atomic_dir(final) as tmp:
         sub = tmp / ("adapter" if policy.is_lora else "model")
@@ -58,18 +64,43 @@ def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: rando
     return final
 
 
-def find_checkpoint(resume: Path) -> Path:
-    """Accept a run dir, its checkpoints/ dir, or a step_N dir."""
+def is_complete(ckpt: Path) -> bool:
+    """A step dir is complete once it holds `state.json`: that file is written last, inside the temp dir
+    that is renamed into place whole, so no torn or half-replaced step dir can have it."""
+    return (ckpt / "state.json").is_file()
+
+
+def newest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The complete `step_N` with the largest N under `ckpt_root` (a `checkpoints/` dir), or None.
+    Temp dirs (`.step_N-*`) and anything else are ignored; `latest` is not read."""
+    steps = [(int(d.name[5:]), d) for d in ckpt_root.glob("step_*")
+             if d.name[5:].isdigit() and is_complete(d)] if ckpt_root.is_dir() else []
+    return max(steps)[1] if steps else None
+
+
+def find_checkpoint(resume: Path, log: Any = None) -> Path:
+    """Accept a run dir, its checkpoints/ dir, or a step_N dir. For the first two, the newest complete
+    step_N wins whatever `latest` says (missing, stale or naming a deleted dir); `log` hears when the
+    two disagree, so a user sees which checkpoint was taken and why."""
     if not resume.exists():
         raise UserError(f"Resume dir {resume} does not exist. Pass a run's --out dir or a checkpoints/step_N dir.")
-    for cand in (resume, resume / "checkpoints"):
-        if (cand / "state.json").is_file():
-            return cand
-        if (cand / LATEST).is_file():
-            ckpt = cand / (cand / LATEST).read_text().strip()
-            if (ckpt / "state.json").is_file():
-                return ckpt
-    raise UserError(f"No checkpoint found in {resume} (expected checkpoints/latest or state.json).")
+    if is_complete(resume):
+        return resume
+    for root in (resume / "checkpoints", resume):
+        ckpt = newest_checkpoint(root)
+        if ckpt is None:
+            continue
+        named = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
+        if log is not None and named != ckpt.name:
+            log(f"{root / LATEST} names {named or 'nothing'}; taking the newest complete checkpoint, {ckpt.name}.")
+        return ckpt
+    raise UserError(f"No complete checkpoint found in {resume} (expected checkpoints/step_N/state.json). "
+                    "Pass a run's --out dir or a checkpoints/step_N dir, or start a new run without --resume.")
+
+
+def has_checkpoint(run: Path) -> bool:
+    """Whether `run` (a run's --out dir) holds a complete checkpoint to resume from."""
+    return newest_checkpoint(run / "checkpoints") is not None
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
@@ -98,6 +129,7 @@ def load_weights(ckpt: Path, policy: Any) -> None:
 
 def load_training_state(ckpt: Path, learner: Any, rng: random.Random) -> dict[str, Any]:
     """Optimizer, scheduler and RNGs in place (after the learner prepared the model); the saved state."""
+    import torch
     from safetensors.torch import load_file
 
     learner.load_state_dict(torch.load(ckpt / "trainer.pt", weights_only=True))

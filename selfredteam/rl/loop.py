@@ -26,6 +26,7 @@ import torch
 from selfredteam.config import Config, save_config, to_dict
 from selfredteam.data import Seed, load_pool, missing_class, sample_batch
 from selfredteam.errors import DataError, EndpointError, UserError
+from selfredteam.fsutil import write_text_atomic
 from selfredteam.game.play import GameRecord, play_games
 from selfredteam.game.prompts import instruction_texts
 from selfredteam.judges.base import Judge
@@ -128,11 +129,11 @@ def _sample(role: str, turn: Any, reward: float | None, group: int, prompt_class
                    gen.trunk_states)]
 
 
-def _check_resume(cfg: Config, resume: Path | None) -> Path | None:
+def _check_resume(cfg: Config, resume: Path | None, log) -> Path | None:
     """Validate a resume dir before anything is written (a wrong one must touch nothing)."""
     if resume is None:
         return None
-    ckpt = find_checkpoint(resume)
+    ckpt = find_checkpoint(resume, log)
     state = read_state(ckpt)
     saved = state.get("config", {})
     for key in ("name_or_path",):
@@ -156,7 +157,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     from selfredteam.policy.hf import TransformersPolicy
 
     t, g = cfg.train, cfg.generation
-    ckpt = _check_resume(cfg, resume)
+    ckpt = _check_resume(cfg, resume, log)
     pool = load_pool(cfg.data)
     if t.role_mode == "defender-only" and t.static_prompts:
         pool += load_pool(cfg.data, t.static_prompts)
@@ -394,10 +395,19 @@ def _frozen_defender(cfg: Config, trainable: TrainablePolicy, sampler: Any) -> P
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """After a resume, drop metric rows of steps that ran after the checkpoint (they are redone)."""
-    if path.is_file():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in keep))
+    """After a resume, drop metric rows of steps that ran after the checkpoint (they are redone).
+    A row a kill -9 cut short is one of those (a step's row is whole before its checkpoint is
+    written), so a line that does not parse is dropped with them."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def _write_games(path: Path, games: list[GameRecord]) -> None:

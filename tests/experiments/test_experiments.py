@@ -53,7 +53,8 @@ class RuleJudge:
 def fake_train(calls):
     def train(cfg, out, resume=None, judge=None, log=print):
         calls.append((str(out), cfg.train.role_mode, cfg.game.cot, resume is not None))
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints" / "step_1").mkdir(parents=True, exist_ok=True)  # what a real run leaves
+        (out / "checkpoints" / "step_1" / "state.json").write_text('{"step": 1}')
         (out / "checkpoints" / "latest").write_text("step_1")
         rows = [{"step": s, "game/asr": 0.5 - 0.1 * s, "kl/mean": 0.1} for s in (1, 2, 3)]
         (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -6,6 +6,7 @@ import pytest
 
 from selfredteam.config import load_config
 from selfredteam.errors import UserError
+from selfredteam.rl.checkpoint import find_checkpoint
 from selfredteam.rl.loop import train
 from tests.fakes import FakeJudge
 
@@ -51,6 +52,27 @@ def test_resume_reproduces_the_next_step_exactly(tiny_model_dir, tmp_path):
     for key in ("loss/policy", "kl/mean", "reward/defender_mean", "loss/grad_norm"):
         assert a[key] == b[key], key
     assert (full / "games" / "step_3.jsonl").read_text() == (part / "games" / "step_3.jsonl").read_text()
+
+
+def test_resume_without_latest_continues_from_the_newest_complete_step(tiny_model_dir, tmp_path):
+    """A kill between renaming step_2 into place and writing `latest` (or a torn temp dir beside it)
+    must not cost the step: --resume takes step_2 and says so."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(cfg_for(tiny_model_dir, steps=3), full, judge=FakeJudge(), log=lambda *a: None)
+    train(cfg_for(tiny_model_dir, steps=2), part, judge=FakeJudge(), log=lambda *a: None)
+    (part / "checkpoints" / "latest").unlink()
+    torn = part / "checkpoints" / ".step_3-killed"
+    torn.mkdir()
+    (torn / "state.json").write_text('{"step": 3}')
+    with open(part / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss/pol')  # step 3's row, cut short by the same kill
+    heard = []
+    train(cfg_for(tiny_model_dir, steps=3), part, resume=part, judge=FakeJudge(), log=heard.append)
+    assert any("taking the newest complete checkpoint, step_2" in str(x) for x in heard), heard
+    assert any("at step 2" in str(x) for x in heard), heard
+    assert [r["step"] for r in read_metrics(part)] == [1, 2, 3]
+    assert read_metrics(full)[-1]["loss/policy"] == read_metrics(part)[-1]["loss/policy"]
+    assert (part / "checkpoints" / "latest").read_text() == "step_3" and not torn.exists()
 
 
 def test_bad_resume_touches_nothing(tiny_model_dir, tmp_path):
@@ -131,7 +153,8 @@ def test_kill_9_then_resume_continues_from_last_checkpoint(tiny_model_dir, tmp_p
     _wait_for(out / "checkpoints" / "step_2" / "state.json", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    done = int((out / "checkpoints" / "latest").read_text()[5:])
+    # The kill may land before `latest` names step_2: read what a resume will read.
+    done = int(find_checkpoint(out).name[5:])
     assert done >= 2
     proc = _start_cli_run(out, tiny_model_dir, steps=6, save_every=2, extra=["--resume", str(out)])
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
