@@ -7,9 +7,11 @@ time costs ~50 s on 2 cores, the converted dir ~2 s). Other checkpoints load saf
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,9 @@ from selfredteam.errors import UserError
 from selfredteam.game.prompts import Turn
 from selfredteam.policy.base import Generation, SamplingParams
 from selfredteam.policy.cpu_fastpath import use_small_batch_linears
+from selfredteam.policy.decode import decode
 from selfredteam.policy.embedded import cache_dir, convert_gguf_to_hf, embedded_model_dir
+from selfredteam.policy.prefill import PrefixCache
 
 
 def resolve_device(device: str) -> torch.device:
@@ -80,8 +84,33 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def set_threads(threads: int) -> None:
-    """One explicit thread count: oversubscribing 2 cores cut throughput 3-10x in measurements."""
+    """One explicit thread count: oversubscribing 2 cores cut throughput 3-10x in measurements.
+    Also keeps freed memory for reuse (`keep_freed_memory`): both are process-wide CPU settings."""
     torch.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+    keep_freed_memory()
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc serve every allocation from its heap and keep freed memory (mallopt), instead of
+    mapping each block over 128 KB-32 MB afresh and unmapping it when freed.
+
+    Why: a training step allocates and frees tensors of 5-150 MB hundreds of times (logits,
+    probabilities, MLP activations); each fresh mapping is zero-filled page by page on first
+    touch. Profiled on the AVX2 kind, `exp` over a fresh [250, 152k] buffer took 148 ms, most of
+    it page faults, and one learner update took 20-21 s instead of 22-25 s (same peak RSS).
+    True when applied (Linux with glibc); elsewhere a no-op. Set SELFREDTEAM_KEEP_FREED_MEMORY=0
+    to leave the allocator alone."""
+    if os.environ.get("SELFREDTEAM_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only: musl and others have other knobs
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -129,65 +158,8 @@ def load_model_and_tokenizer(cfg: ModelConfig, device: torch.device, dtype: torc
     return model, tokenizer
 
 
-@contextlib.contextmanager
-def record_outputs(layer: torch.nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
-    """Append `layer`'s output hidden states of every forward pass to `store` (detached)."""
-    def hook(module: Any, args: Any, output: Any) -> None:
-        store.append((output[0] if isinstance(output, tuple) else output).detach())
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 MIN_KEPT_TOKENS = 32
 """A cut prompt keeps at least this many of its own tokens, else the budget is a config error."""
-
-
-class StopOnText:
-    """Stop a row once its generated tail contains a stop string.
-
-    transformers' own `stop_strings` precomputes tables over the whole vocabulary on every
-    generate() call (~seconds for a 152k vocabulary); decoding the last few tokens of each row
-    per step costs microseconds.
-    """
-
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...], prompt_width: int) -> None:
-        self.tokenizer, self.stop, self.start = tokenizer, stop, prompt_width
-        self.window = max(len(s) for s in stop)  # a string of n chars spans at most n tokens
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        tail = input_ids[:, max(self.start, input_ids.shape[1] - self.window):]
-        texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
-
-
-class InverseCdfSampler:
-    """A logits processor that samples each row from softmax(logits / T) (top-p optional) by
-    inverse CDF and returns logits that make greedy decoding pick that token.
-
-    Sampling stays in our hands: exactly the tempered distribution the learner scores, whatever
-    repetition penalty or top-k a checkpoint's generation_config carries. And it is cheaper:
-    `torch.multinomial` draws one exponential per vocabulary entry, 50 ms per step for 8 rows x
-    152k on our 2-core CPU; a cumulative sum and one uniform per row take 12 ms.
-    """
-
-    def __init__(self, temperature: float, top_p: float = 1.0) -> None:
-        self.temperature, self.top_p = temperature, top_p
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            # Keep the smallest set of most likely tokens whose mass reaches top_p.
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            drop = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
-            probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
-        cdf = probs.cumsum(dim=-1)
-        u = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
-        token = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)
-        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
 
 class TransformersPolicy:
@@ -202,6 +174,8 @@ class TransformersPolicy:
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
         self.capture_layer: torch.nn.Module | None = None
+        self.prefixes = PrefixCache()
+        """Shared prompt prefixes' keys and values in the layers nothing trains (policy/prefill.py)."""
         self.truncation = TruncationCounter("policy prompt", "generation.max_prompt_length", max_prompt_tokens,
                                             "tokens")
         """Prompts longer than `max_prompt_tokens` (0 = no limit) are cut in the middle (budget.py)."""
@@ -274,78 +248,35 @@ class TransformersPolicy:
                 out[i] = gen
         return [g for g in out if g is not None]
 
-    def _stop_index(self, ids: list[int], stop: tuple[str, ...]) -> int | None:
-        """Length of the shortest prefix of `ids` whose text contains a stop string (binary search:
-        once a prefix contains it, every longer one does)."""
-        def hit(n: int) -> bool:
-            text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+    def _stopped(self, stop: tuple[str, ...]) -> Callable[[list[int]], bool] | None:
+        """Whether a row's generated ids now end in a stop string: only the last few tokens are
+        decoded (a string of n characters spans at most n tokens), microseconds per row and step.
+        (transformers' own `stop_strings` precomputes tables over the whole vocabulary per call.)"""
+        if not stop:
+            return None
+        window = max(len(s) for s in stop)
+
+        def stopped(ids: list[int]) -> bool:
+            text = self.tokenizer.decode(ids[-window:], skip_special_tokens=True)
             return any(s in text for s in stop)
 
-        if not hit(len(ids)):
-            return None
-        lo, hi = 1, len(ids)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if hit(mid) else (mid + 1, hi)
-        return lo
+        return stopped
 
-    @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        sample = params.temperature > 0
-        states: list[torch.Tensor] = []
-        capture = contextlib.nullcontext() if self.capture_layer is None else record_outputs(self.capture_layer, states)
-        # Greedy decoding over our sampler's one-hot logits (or plain greedy at T=0); every other
-        # logits processor a checkpoint's generation_config might switch on is neutralised.
-        with capture:
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                max_new_tokens=params.max_new_tokens,
-                do_sample=False,
-                temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None,
-                repetition_penalty=None, no_repeat_ngram_size=None,
-                logits_processor=[InverseCdfSampler(params.temperature, params.top_p)] if sample else None,
-                pad_token_id=pad,
-                return_dict_in_generate=True,
-                output_logits=True,
-                stopping_criteria=[StopOnText(self.tokenizer, params.stop, width)] if params.stop else None,
-            )
-        # Captured states: the prefill's [B, width, H], then one position per decode step.
-        trunk = torch.cat(states, dim=1) if states else None
-        new_tokens = out.sequences[:, width:]
-        # Raw logits of each step / temperature -> log-prob of the sampled token under the tempered
-        # policy the learner optimises; step by step so only a [B, V] slice is ever in float32.
-        temp = params.temperature if sample else 1.0
-        step_logp = torch.stack([
-            torch.log_softmax(lg.float() / temp, dim=-1).gather(-1, new_tokens[:, t : t + 1]).squeeze(-1)
-            for t, lg in enumerate(out.logits)
-        ], dim=1).tolist()
+        # Our own loop (policy/decode.py): softmax(logits / T) exactly, whatever repetition penalty
+        # or top-k a checkpoint's generation_config carries; finished rows leave the batch.
+        rows = decode(self.model, prompts, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                      top_p=params.top_p, pad_id=self.tokenizer.pad_token_id, eos_ids=self.eos_ids,
+                      stopped=self._stopped(params.stop), capture=self.capture_layer, prefixes=self.prefixes)
         gens = []
-        for prompt, row, lps in zip(prompts, new_tokens.tolist(), step_logp):
-            ids, finish = [], "length"
-            for t in row:
-                ids.append(t)  # EOS is kept: the learner must also learn when to stop
-                if t in self.eos_ids:
-                    finish = "stop"
-                    break
-            if params.stop:
-                # A row that hit a stop string is padded afterwards (the pad may be an EOS id):
-                # cut right after the stop string so only sampled tokens are kept and scored.
-                cut = self._stop_index(ids, params.stop)
-                if cut is not None:
-                    ids, finish = ids[:cut], "stop"
-            rows = None
-            if trunk is not None:
-                # Positions of this row's prompt and completion; the last token was never fed back.
-                rows = trunk[len(gens), width - len(prompt) : width + len(ids) - 1]
-                rows = torch.cat([rows, rows.new_zeros(1, rows.shape[-1])])
+        for row in rows:
+            states = None
+            if row.states:
+                # The prompt's states and one per token fed back; the last token never was.
+                states = torch.cat(row.states + [row.states[0].new_zeros(1, row.states[0].shape[-1])])
             gens.append(Generation(
-                text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                prompt_ids=list(prompt), completion_ids=ids, finish_reason=finish, logprobs=lps[: len(ids)],
-                trunk_states=rows,
+                text=self.tokenizer.decode(row.ids, skip_special_tokens=True), prompt_ids=row.prompt,
+                completion_ids=row.ids, finish_reason=row.finish or "length", logprobs=row.logprobs,
+                trunk_states=states,
             ))
         return gens

@@ -12,8 +12,11 @@ prompt positions or padding), and (2) take log p(token) as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from selfredteam.policy.layout import decoder_and_head
 
 
 @dataclass
@@ -73,33 +76,71 @@ def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = 4) -> torch.Tens
     return torch.cat(out)
 
 
-PLAIN_LAYOUT_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
-"""Causal LMs of the plain layout: the decoder feeds `inputs_embeds` to its first layer unchanged
-(Gemma, for one, rescales them) and the logits are exactly `lm_head(final hidden state)` (no
-softcapping, unlike Gemma 2). Only these may be run in pieces: the decoder and the head apart
-(here), or the top layers alone from cached states (rl/model.py)."""
+def _head_pass(h: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, chunk: int,
+               keep_probs: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Token log-probs and entropies under softmax(h W^T), `chunk` rows at a time; with
+    `keep_probs`, each chunk's probabilities too (what the backward needs)."""
+    logp, ent, probs = [], [], []
+    for hc, tc in zip(h.split(chunk), tokens.split(chunk)):
+        z = (hc @ weight.t()).float()
+        z_tok = z.gather(-1, tc[:, None])
+        m = z.amax(-1, keepdim=True)
+        z.sub_(m)
+        p = torch.exp(z)
+        total = p.sum(-1, keepdim=True)
+        p.div_(total)
+        lse = total.log()  # of z - m
+        logp.append((z_tok - m - lse).squeeze(-1))
+        ent.append(lse.squeeze(-1) - torch.bmm(p[:, None, :], z[:, :, None]).view(-1))  # -sum p log p
+        if keep_probs:
+            probs.append(p)
+    return torch.cat(logp), torch.cat(ent), probs
 
 
-def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    """(decoder stack, LM head) of a plain or peft-wrapped HF causal LM of the plain layout; None
-    otherwise, and for models that must be called whole (a DDP wrapper; an FSDP-sharded model,
-    whose root gathers the embeddings and the head in its own forward; a DeepSpeed engine, whose
-    forward tells ZeRO that a new micro-batch starts: without it the next backward overwrites the
-    accumulated gradients instead of adding to them. The engine passes unknown attributes such
-    as get_base_model to the module, so it must be recognised before they are read)."""
-    import sys
+class HeadLogProbs(torch.autograd.Function):
+    """log softmax(h W^T)[token] per row, with grad to `h`, and the entropy of each row's softmax
+    (no grad), through the LM head in one pass per chunk of rows.
 
-    from torch.distributed.fsdp import FSDPModule
+    The stock path (`head(h)`, then log-sum-exp, a gather, and the entropy apart) reads and
+    allocates the [rows, vocab] logits some 25 times between forward and backward, and each fresh
+    allocation of 100+ MB also costs its page faults. Here a chunk's logits are computed once and
+    turned into probabilities in place, kept for the backward (d logp / dz = onehot - p), and the
+    entropy is one more dot product. The product runs in the weight's dtype and the rest in
+    float32, as the stock path did."""
 
-    deepspeed = sys.modules.get("deepspeed")
-    if isinstance(model, FSDPModule) or (deepspeed is not None and isinstance(model, deepspeed.DeepSpeedEngine)):
-        return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(getattr(base, "config", None), "model_type", None) not in PLAIN_LAYOUT_MODEL_TYPES:
-        return None
-    decoder = getattr(base, getattr(base, "base_model_prefix", ""), None)
-    head = base.get_output_embeddings()
-    return (decoder, head) if decoder is not None and head is not None else None
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
+                chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        logp, ent, probs = _head_pass(h, weight, tokens, chunk, keep_probs=True)
+        ctx.save_for_backward(h, weight, tokens)
+        ctx.probs, ctx.chunk = probs, chunk
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx: Any, grad_logp: torch.Tensor, grad_ent: Any) -> tuple:
+        h, weight, tokens = ctx.saved_tensors
+        grad_h, grad_w = [], None
+        for p, g, hc, tc in zip(ctx.probs, grad_logp.split(ctx.chunk), h.split(ctx.chunk), tokens.split(ctx.chunk)):
+            p.mul_(-g[:, None])  # in place on the kept probabilities: g * (onehot - p) = d/dz
+            p.scatter_add_(-1, tc[:, None], g[:, None])
+            dz = p.to(weight.dtype)
+            if ctx.needs_input_grad[0]:
+                grad_h.append(dz @ weight)
+            if ctx.needs_input_grad[1]:  # a trained head (full fine-tuning)
+                grad_w = dz.t() @ hc if grad_w is None else grad_w.addmm_(dz.t(), hc)
+        ctx.probs = None
+        return (torch.cat(grad_h).to(h.dtype) if grad_h else None), grad_w, None, None
+
+
+def head_logprobs(h: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
+                  chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each row's token, entropy of each row) under softmax(h W^T), in float32;
+    differentiable in `h` and `weight` (the entropy is not)."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return HeadLogProbs.apply(h, weight, tokens, chunk)
+    logp, ent, _ = _head_pass(h, weight, tokens, chunk, keep_probs=False)
+    return logp, ent
 
 
 def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: bool = False,
@@ -136,15 +177,23 @@ def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: 
     hidden = decoder(**tokens, **inputs).last_hidden_state[:, -(R + 1) : -1]  # predicts the responses
     keep = mask.bool()
     h = hidden[keep]  # [N real response tokens, H]
-    scale_hidden = temperature != 1.0 and getattr(head, "bias", None) is None
-    logits = head(h / temperature if scale_hidden else h)
-    if temperature != 1.0 and not scale_hidden:
+    logp = mask.new_zeros(mask.shape, dtype=torch.float32)
+    ent = mask.new_zeros(mask.shape, dtype=torch.float32) if with_entropy else None
+    weight = getattr(head, "weight", None)
+    # The fused head reads the weight directly: only a bias-free head whose weight is here whole
+    # (under ZeRO-3 it is an empty placeholder that the module's own forward gathers).
+    if getattr(head, "bias", None) is None and weight is not None and weight.dim() == 2 and weight.shape[1] == h.shape[-1]:
+        # The temperature divides the hidden states: exact for a bias-free head, and H wide, not V.
+        lp, e = head_logprobs(h / temperature if temperature != 1.0 else h, weight, ids[keep])
+        logp[keep] = lp
+        if ent is not None:
+            ent[keep] = e
+        return logp, ent
+    logits = head(h)
+    if temperature != 1.0:
         logits = logits / temperature
     rows = chunk_rows * R  # as many logits per chunk as the padded path
-    logp = mask.new_zeros(mask.shape, dtype=torch.float32)
     logp[keep] = selective_log_softmax(logits, ids[keep], rows)
-    ent = None
-    if with_entropy:
-        ent = mask.new_zeros(mask.shape, dtype=torch.float32)
+    if ent is not None:
         ent[keep] = entropy_from_logits(logits, rows)
     return logp, ent

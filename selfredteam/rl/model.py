@@ -20,14 +20,14 @@ import torch
 from selfredteam.config import Config
 from selfredteam.errors import ConfigError
 from selfredteam.policy.cpu_fastpath import uses_fp16_weights
+from selfredteam.policy.decode import record_outputs
 from selfredteam.policy.hf import (
     load_model_and_tokenizer,
-    record_outputs,
     resolve_device,
     resolve_dtype,
     set_threads,
 )
-from selfredteam.rl.logprobs import decoder_and_head
+from selfredteam.policy.layout import decoder_layers, top_layers_only
 
 ROLES = ("attacker", "defender")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -43,37 +43,24 @@ class TrainablePolicy:
         self.sharing = sharing
         self._reference = reference  # only for full fine-tuning
         self.is_lora = reference is None
-        self.frozen_layers = frozen_layers if self._decoder() is not None else 0
+        self.frozen_layers = frozen_layers if decoder_layers(model) is not None else 0
         """Bottom decoder layers without adapters (LoRA on the top `train.lora_layers` only): the
-        policy and the reference compute identical states there, so the learner runs them once."""
+        policy and the reference compute identical states there, so the learner runs them once.
+        Only for the plain layouts whose top layers may run alone (policy/layout.py)."""
         self.sharded = False
         """Set by the learner when FSDP or DeepSpeed shards the model (rl/distributed.py)."""
 
-    def _decoder(self) -> Any | None:
-        """The HF decoder stack holding `.layers`, for the plain layouts whose top layers may run
-        alone from cached states (rl/logprobs.PLAIN_LAYOUT_MODEL_TYPES); else None."""
-        parts = decoder_and_head(self.model)
-        inner = parts[0] if parts else None
-        return inner if isinstance(getattr(inner, "layers", None), torch.nn.ModuleList) else None
-
     def trunk_layer(self) -> torch.nn.Module | None:
         """The last frozen decoder layer (its output is the trunk's), or None without a trunk."""
-        return self._decoder().layers[self.frozen_layers - 1] if self.frozen_layers else None
+        return decoder_layers(self.model)[self.frozen_layers - 1] if self.frozen_layers else None
 
     def capture_trunk(self, store: list[torch.Tensor]) -> contextlib.AbstractContextManager:
         """Append the output of the last frozen layer of every forward pass to `store`."""
         return record_outputs(self.trunk_layer(), store)
 
-    @contextlib.contextmanager
-    def top_layers_only(self) -> Iterator[None]:
+    def top_layers_only(self) -> contextlib.AbstractContextManager:
         """Run only the adapted top layers (the caller feeds the trunk's states as inputs_embeds)."""
-        decoder = self._decoder()
-        full = decoder.layers
-        decoder.layers = torch.nn.ModuleList(list(full)[self.frozen_layers:])
-        try:
-            yield
-        finally:
-            decoder.layers = full
+        return top_layers_only(self.model, self.frozen_layers)
 
     def adapter_for(self, role: str) -> str:
         return role if self.sharing == "role-adapters" else "default"

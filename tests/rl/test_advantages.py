@@ -99,6 +99,35 @@ def test_selective_log_softmax_matches_full():
     assert torch.allclose(selective_log_softmax(logits, idx, chunk_rows=2), full, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_head_matches_log_softmax_with_grads(dtype):
+    """HeadLogProbs: the token log-probs, entropies and the gradients to the hidden states and to
+    the head's weight equal autograd through log_softmax over the full logits (in chunks that do
+    not divide the rows); without grad it keeps nothing."""
+    from selfredteam.rl.logprobs import head_logprobs
+
+    torch.manual_seed(0)
+    h = torch.randn(13, 8, dtype=dtype, requires_grad=True)
+    w = (torch.randn(300, 8) / 2).to(dtype).requires_grad_(True)
+    tokens = torch.randint(0, 300, (13,))
+    g = torch.randn(13)
+    logp, ent = head_logprobs(h, w, tokens, chunk=5)
+    assert logp.dtype == ent.dtype == torch.float32 and not ent.requires_grad
+    (logp * g).sum().backward()
+    h2, w2 = h.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    full = torch.log_softmax((h2 @ w2.t()).float(), -1)
+    want = full.gather(-1, tokens[:, None]).squeeze(-1)
+    (want * g).sum().backward()
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
+    torch.testing.assert_close(logp, want.detach(), **tol)
+    torch.testing.assert_close(ent, -(full.exp() * full).sum(-1).detach(), **tol)
+    torch.testing.assert_close(h.grad, h2.grad, **tol)
+    torch.testing.assert_close(w.grad, w2.grad, **tol)
+    with torch.no_grad():
+        again, _ = head_logprobs(h, w, tokens, chunk=4)
+    torch.testing.assert_close(again, logp.detach(), atol=1e-6, rtol=0)
+
+
 def test_pack_layout():
     b = pack([[5, 6, 7], [8]], [[1, 2], [3, 4, 9]], pad_id=0)
     assert b.input_ids.tolist() == [[5, 6, 7, 1, 2, 0], [0, 0, 8, 3, 4, 9]]
