@@ -1,9 +1,8 @@
 """Rollout throughput of the `transformers` backend on the embedded model (fp16 weights, fp32, bf16).
 
-For each weight format and batch size: sample exactly `--new-tokens` tokens (EOS ignored, T=1,
-with the backend's own inverse-CDF sampler) from
-defender prompts and report generated tokens/s (prefill included), the prefill alone, the mean
-cached decode step, and games/s (a cpu-demo game is 1.5 turns on average: half the seeds are
+For each weight format and batch size: sample exactly `--new-tokens` tokens (EOS ignored, T=1)
+with the backend's own sampling loop (policy/decode.py) from defender prompts and report
+generated tokens/s (prefill included), the prefill alone, the mean cached decode step, and games/s (a cpu-demo game is 1.5 turns on average: half the seeds are
 revised by the attacker). `benchmarks/llamacpp_ceiling.py` runs the same prompts on llama.cpp.
 
     python benchmarks/rollout.py --batches 1 8 16 --new-tokens 128
@@ -18,7 +17,9 @@ import torch
 from _common import TURNS_PER_GAME, bench_prompt_ids, cpu_name
 
 from selfredteam.config import ModelConfig
-from selfredteam.policy.hf import InverseCdfSampler, TransformersPolicy, cpu_has_native_bf16
+from selfredteam.policy.decode import decode
+from selfredteam.policy.hf import TransformersPolicy, cpu_has_native_bf16
+from selfredteam.policy.prefill import prefill
 
 VARIANTS = {
     # name: (model.dtype, model.cpu_fp16_weights)
@@ -29,28 +30,21 @@ VARIANTS = {
 }
 
 
-def left_pad(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    return ids, attn
-
-
 @torch.inference_mode()
 def measure(policy: TransformersPolicy, batch: int, new_tokens: int) -> dict[str, float]:
-    ids, attn = left_pad(bench_prompt_ids(policy, batch), policy.tokenizer.pad_token_id)
+    """The backend's own sampling loop (policy/decode.py), EOS ignored: exactly `new_tokens` per row."""
+    prompts = bench_prompt_ids(policy, batch)
+    pad = policy.tokenizer.pad_token_id
     t0 = time.perf_counter()
-    policy.model(input_ids=ids, attention_mask=attn, use_cache=True)
-    prefill = time.perf_counter() - t0
+    prefill(policy.model, prompts, pad_id=pad)
+    prefill_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = policy.model.generate(input_ids=ids, attention_mask=attn, do_sample=False, top_k=None, top_p=None,
-                                temperature=None, logits_processor=[InverseCdfSampler(1.0)],
-                                max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                pad_token_id=policy.tokenizer.pad_token_id)
+    rows = decode(policy.model, prompts, max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, pad_id=pad,
+                  eos_ids=set())
     total = time.perf_counter() - t0
-    generated = (out.shape[1] - ids.shape[1]) * batch
-    return {"prompt_tokens": float(attn.sum()) / batch, "tok_s": generated / total, "prefill_s": prefill,
-            "decode_step_s": (total - prefill) / max(new_tokens - 1, 1),
+    generated = sum(len(r.ids) for r in rows)
+    return {"prompt_tokens": sum(map(len, prompts)) / batch, "tok_s": generated / total, "prefill_s": prefill_s,
+            "decode_step_s": (total - prefill_s) / max(new_tokens - 1, 1),
             "games_s": generated / total / (new_tokens * TURNS_PER_GAME)}
 
 

@@ -34,6 +34,9 @@ def markers(kind: str) -> tuple[str, str]:
 BENCHMARKS = [
     ("rollout", "Rollout throughput, transformers backend", ["rollout.py", "--batches", "1", "8", "16"]),
     ("llamacpp", "The ceiling: llama.cpp on the same GGUF", ["llamacpp_ceiling.py", "--batches", "1", "8", "16"]),
+    # The two engines alternate, so a VM's drift cannot favour one of them (the ratio is the claim).
+    ("side-by-side", "Ours against llama.cpp at batch 8, alternating rounds",
+     ["side_by_side.py", "--rounds", "3", "--batch", "8"]),
     # Both CPU dtypes that `model.dtype=auto` can pick, so each section shows which one is faster.
     ("learner", "One cpu-demo RL step, split (fp32, fp16 weights while sampling)",
      ["learner_step.py", "--steps", "2", "--set", "model.dtype=float32"]),

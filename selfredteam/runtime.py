@@ -51,7 +51,12 @@ def runtime_info(model: ModelConfig, threads: int = 0) -> dict[str, Any]:
     import torch
 
     from selfredteam.policy.cpu_fastpath import fp16_gemm_available
-    from selfredteam.policy.hf import choose_dtype, cpu_bf16_flags, resolve_device
+    from selfredteam.policy.hf import (
+        choose_dtype,
+        cpu_bf16_flags,
+        keep_freed_memory,
+        resolve_device,
+    )
 
     device = resolve_device(model.device)
     dtype, why = choose_dtype(model.dtype, device)
@@ -61,7 +66,8 @@ def runtime_info(model: ModelConfig, threads: int = 0) -> dict[str, Any]:
     if device.type == "cpu":
         info |= {"cpu": cpu_name(), "cpu_bf16_flags": cpu_bf16_flags(),
                  "fp16_weights": bool(model.cpu_fp16_weights and dtype in (torch.float32, torch.bfloat16)
-                                     and fp16_gemm_available())}
+                                     and fp16_gemm_available()),
+                 "keep_freed_memory": keep_freed_memory()}
     else:
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -17,7 +17,6 @@ The sampled distribution is the same: softmax(logits / T), drawn by inverse CDF.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from selfredteam.policy.layout import record_outputs
+from selfredteam.policy.layout import cache_kwarg, record_outputs
 from selfredteam.policy.prefill import PrefixCache, prefill
 
 BLOCK = 1024
@@ -70,48 +69,36 @@ def _inverse_cdf(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     # Rounding can leave the target just past a row's last non-empty block: step back to it.
     k = torch.minimum(k, (sums > 0).cumsum(-1).argmax(-1, keepdim=True))
     inner = padded[torch.arange(rows, device=p.device), k.squeeze(-1)]
-    rest = target - (running.gather(-1, k) - sums.gather(-1, k))
+    # The mass before block k, recomputed, can round past the target: never below its first entry.
+    rest = (target - (running.gather(-1, k) - sums.gather(-1, k))).clamp_(min=0)
     j = torch.searchsorted(inner.cumsum(-1), rest, right=True).clamp_(max=BLOCK - 1)
     j = torch.minimum(j, (inner > 0).cumsum(-1).argmax(-1, keepdim=True))
     return (k * BLOCK + j).squeeze(-1)
 
 
-class _GrowingLayer(DynamicLayer):
-    """A cache layer whose keys and values are views of buffers with spare room: appending a token
-    writes in place (DynamicLayer concatenates the whole cache every step)."""
+class _PreallocatedLayer(DynamicLayer):
+    """A cache layer whose keys and values are views of buffers sized for the whole generation:
+    appending a token writes in place (DynamicLayer concatenates the whole cache every step)."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
         super().__init__()
         self.device, self.is_initialized = keys.device, True
-        self._k = keys.new_zeros(*keys.shape[:2], capacity, keys.shape[-1])
-        self._v = values.new_zeros(*values.shape[:2], capacity, values.shape[-1])
+        self._k = keys.new_empty(*keys.shape[:2], capacity, keys.shape[-1])
+        self._v = values.new_empty(*values.shape[:2], capacity, values.shape[-1])
         self._n = 0
-        self._append(keys, values)
-
-    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        n, m = self._n, k.shape[-2]
-        if n + m > self._k.shape[-2]:
-            grow = max(n + m, 2 * self._k.shape[-2])
-            self._k = torch.cat([self._k, self._k.new_zeros(*self._k.shape[:2], grow - self._k.shape[-2], self._k.shape[-1])], -2)
-            self._v = torch.cat([self._v, self._v.new_zeros(*self._v.shape[:2], grow - self._v.shape[-2], self._v.shape[-1])], -2)
-        self._k[:, :, n : n + m] = k
-        self._v[:, :, n : n + m] = v
-        self._n = n + m
-        self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
+        self.update(keys, values)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        self._append(key_states, value_states)
+        n, m = self._n, key_states.shape[-2]
+        self._k[:, :, n : n + m] = key_states  # past the capacity this raises: never a silent overwrite
+        self._v[:, :, n : n + m] = value_states
+        self._n = n + m
+        self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self._k, self._v = self._k[indices], self._v[indices]
         self.keys, self.values = self._k[:, :, : self._n], self._v[:, :, : self._n]
-
-
-def _cache_kwarg(model: Any) -> str:
-    """The name the model's forward takes the cache by (`cache` from transformers 5.2x on)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -135,10 +122,10 @@ def decode(model: Any, prompts: list[list[int]], *, max_new_tokens: int, tempera
     `prefixes`: shared prompt prefixes kept across calls (policy/prefill.py)."""
     rows = [Row(list(p)) for p in prompts]
     device = next(model.parameters()).device
-    key = _cache_kwarg(model)
-    first = prefill(model, prompts, pad_id=pad_id, cache_kwarg=key, capture=capture, prefixes=prefixes)
+    key = cache_kwarg(model)
+    first = prefill(model, prompts, pad_id=pad_id, capture=capture, prefixes=prefixes)
     cache = DynamicCache()
-    cache.layers = [_GrowingLayer(k, v, k.shape[-2] + max_new_tokens) for k, v in first.layers]
+    cache.layers = [_PreallocatedLayer(k, v, k.shape[-2] + max_new_tokens) for k, v in first.layers]
     active, logits, mask, positions = first.order, first.logits, first.mask, first.positions
     for i, states in first.states.items():
         rows[i].states.append(states)

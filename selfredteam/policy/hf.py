@@ -163,7 +163,8 @@ MIN_KEPT_TOKENS = 32
 
 
 class TransformersPolicy:
-    """Batched sampling with `model.generate`; returns text plus prompt/completion token ids."""
+    """Batched sampling with our own loop (policy/decode.py); returns text plus prompt/completion
+    token ids, the sampled tokens' log-probs and, when asked, the trunk's hidden states."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str, batch_size: int = 16,
                  max_prompt_tokens: int = 0) -> None:

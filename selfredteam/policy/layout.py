@@ -5,6 +5,8 @@ states, a prompt prefix's cached keys and values in the sampler)."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +39,18 @@ def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.
     decoder = getattr(base, getattr(base, "base_model_prefix", ""), None)
     head = base.get_output_embeddings()
     return (decoder, head) if decoder is not None and head is not None else None
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name the model's forward takes a KV cache by (`cache` from transformers 5.2x on,
+    `past_key_values` before)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_kwarg(type(base))
+
+
+@functools.cache
+def _cache_kwarg(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers.cache_utils import DynamicCache
 
-from selfredteam.policy.layout import decoder_layers, record_outputs, top_layers_only
+from selfredteam.policy.layout import cache_kwarg, decoder_layers, record_outputs, top_layers_only
 
 PREFIX_BLOCK = 8
 """A shared prefix is cut to a multiple of this many tokens, so the template part is found again
@@ -128,6 +128,17 @@ def length_groups(lengths: list[int], waste: float = 0.15) -> list[list[int]]:
     return groups
 
 
+class _Part(NamedTuple):
+    """Some rows prefilled together: their cache ([rows, kv, width, D] per layer) and the rest."""
+
+    rows: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    logits: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    states: dict[int, torch.Tensor]
+
+
 @dataclass
 class Prefilled:
     """The prompts' joint cache (one row per prompt, in `order`), the logits that start sampling,
@@ -141,11 +152,12 @@ class Prefilled:
     states: dict[int, torch.Tensor]
 
 
-def prefill(model: Any, prompts: list[list[int]], *, pad_id: int, cache_kwarg: str,
-            capture: torch.nn.Module | None, prefixes: PrefixCache | None) -> Prefilled:
+def prefill(model: Any, prompts: list[list[int]], *, pad_id: int, capture: torch.nn.Module | None = None,
+            prefixes: PrefixCache | None = None) -> Prefilled:
     """Prefill every prompt (see the module doc). `capture`: a decoder layer whose output states
     each row's prompt gets back (the learner's trunk)."""
     device = next(model.parameters()).device
+    key = cache_kwarg(model)
     layers = decoder_layers(model)
     frozen = prefixes.frozen(layers) if prefixes is not None and layers is not None else 0
     # Shared prefixes need a model that runs in pieces, and the captured layer (if any) must be
@@ -158,15 +170,15 @@ def prefill(model: Any, prompts: list[list[int]], *, pad_id: int, cache_kwarg: s
         by_prefix.setdefault(tuple(prompts[i][:n]), []).append(i)
     parts = []
     for prefix, rows in by_prefix.items():
-        kv, trunk = _prefix(model, layers, prefix, frozen, prefixes, cache_kwarg, device) if prefix else (None, None)
+        kv, trunk = _prefix(model, layers, prefix, frozen, prefixes, key, device) if prefix else (None, None)
         for group in length_groups([len(prompts[i]) - len(prefix) for i in rows]):
             parts.append(_suffixes(model, [rows[g] for g in group], prompts, len(prefix), kv, trunk, pad_id,
-                                   cache_kwarg, capture, device))
-    return _join(parts, device)
+                                   key, capture, device))
+    return _join(parts)
 
 
 def _prefix(model: Any, layers: torch.nn.ModuleList, prefix: tuple[int, ...], frozen: int,
-            prefixes: PrefixCache | None, cache_kwarg: str, device: torch.device):
+            prefixes: PrefixCache | None, key: str, device: torch.device):
     """One prefix's keys and values in every layer ([1, kv, L, D] each) and its trunk states."""
     n_layers, length = len(layers), len(prefix)
     positions = torch.arange(length, device=device)[None]
@@ -176,7 +188,7 @@ def _prefix(model: Any, layers: torch.nn.ModuleList, prefix: tuple[int, ...], fr
         trunk: list[torch.Tensor] = []
         with record_outputs(layers[frozen - 1], trunk) if frozen else contextlib.nullcontext():
             model(input_ids=torch.tensor([prefix], device=device), position_ids=positions, use_cache=True,
-                  logits_to_keep=1, **{cache_kwarg: cache})
+                  logits_to_keep=1, **{key: cache})
         kept = _Kept([cache.layers[i].keys for i in range(frozen)], [cache.layers[i].values for i in range(frozen)],
                      trunk[0][0] if trunk else None)
         if prefixes is not None and frozen:
@@ -185,14 +197,14 @@ def _prefix(model: Any, layers: torch.nn.ModuleList, prefix: tuple[int, ...], fr
     if frozen < n_layers:  # the layers that may have changed: from the kept trunk states
         with top_layers_only(model, frozen):
             model(inputs_embeds=kept.trunk[None], position_ids=positions, use_cache=True, logits_to_keep=1,
-                  **{cache_kwarg: cache})
+                  **{key: cache})
     kv = [(kept.keys[i], kept.values[i]) if i < frozen else (cache.layers[i].keys, cache.layers[i].values)
           for i in range(n_layers)]
     return kv, kept.trunk
 
 
 def _suffixes(model: Any, rows: list[int], prompts: list[list[int]], skip: int, kv: Any, trunk: Any, pad_id: int,
-              cache_kwarg: str, capture: torch.nn.Module | None, device: torch.device):
+              key: str, capture: torch.nn.Module | None, device: torch.device) -> _Part:
     """Prefill the prompts of `rows` after their shared `skip` tokens, on top of the prefix's cache."""
     tails = [prompts[i][skip:] for i in rows]
     width = max(map(len, tails))
@@ -207,29 +219,23 @@ def _suffixes(model: Any, rows: list[int], prompts: list[list[int]], skip: int, 
     seen: list[torch.Tensor] = []
     with record_outputs(capture, seen) if capture is not None else contextlib.nullcontext():
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-                       **{cache_kwarg: cache}).logits[:, -1]
+                       **{key: cache}).logits[:, -1]
     states = {}
     if seen:
         for slot, (i, t) in enumerate(zip(rows, tails)):
             own_states = seen[0][slot, width - len(t):]
             states[i] = own_states if trunk is None or not skip else torch.cat([trunk, own_states])
-    layers = [(layer.keys, layer.values) for layer in cache.layers]
-    return rows, layers, logits, mask, positions[:, -1:], states
+    return _Part(rows, [(layer.keys, layer.values) for layer in cache.layers], logits, mask, positions[:, -1:], states)
 
 
-def _join(parts: list, device: torch.device) -> Prefilled:
+def _join(parts: list[_Part]) -> Prefilled:
     """One cache for all rows: each part's keys and values left-padded to the widest."""
-    width = max(mask.shape[1] for _, _, _, mask, _, _ in parts)
-    order, masks, logits, positions, states = [], [], [], [], {}
-    for rows, _, lg, mask, pos, st in parts:
-        order += rows
-        masks.append(torch.nn.functional.pad(mask, (width - mask.shape[1], 0)))
-        logits.append(lg)
-        positions.append(pos)
-        states |= st
+    width = max(part.mask.shape[1] for part in parts)
+    pads = [(0, 0, width - part.mask.shape[1], 0) for part in parts]
     layers = []
-    for li in range(len(parts[0][1])):
-        pad = [(0, 0, width - part[3].shape[1], 0) for part in parts]
-        layers.append((torch.cat([torch.nn.functional.pad(part[1][li][0], p) for part, p in zip(parts, pad)]),
-                       torch.cat([torch.nn.functional.pad(part[1][li][1], p) for part, p in zip(parts, pad)])))
-    return Prefilled(layers, order, torch.cat(logits), torch.cat(masks), torch.cat(positions), states)
+    for li in range(len(parts[0].layers)):
+        layers.append(tuple(torch.cat([torch.nn.functional.pad(part.layers[li][kv], pad) for part, pad in zip(parts, pads)])
+                            for kv in (0, 1)))
+    return Prefilled(layers, [i for part in parts for i in part.rows], torch.cat([part.logits for part in parts]),
+                     torch.cat([torch.nn.functional.pad(part.mask, (pad[2], 0)) for part, pad in zip(parts, pads)]),
+                     torch.cat([part.positions for part in parts]), {i: st for part in parts for i, st in part.states.items()})

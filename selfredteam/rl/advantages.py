@@ -167,5 +167,6 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     denom = normalizer if normalizer is not None else float(mask.sum().clamp(min=1))
     loss = per_token.sum() / denom
     with torch.no_grad():
-        clipfrac = masked_mean(((ratio - 1).abs() > clip_eps).float(), mask).item()
-    return loss, {"clip_frac": clipfrac}
+        dev = (ratio - 1).abs() * mask
+        clipfrac = masked_mean((dev > clip_eps).float(), mask).item()
+    return loss, {"clip_frac": clipfrac, "ratio_dev_max": float(dev.max()) if dev.numel() else 0.0}

@@ -138,7 +138,7 @@ def fsdp_modules(model: torch.nn.Module) -> list[Any]:
 def sampling_params_gathered(model: torch.nn.Module, engine: Any | None = None) -> Iterator[None]:
     """Full weights on every process for the rollout (a no-op for a model that is not sharded).
     Every process must enter and leave together: both are collectives. `engine`: a DeepSpeed
-    engine, whose ZeRO-3 hooks would otherwise fetch parameters in every forward of `generate`."""
+    engine, whose ZeRO-3 hooks would otherwise fetch parameters in every forward of a rollout."""
     if engine is not None:
         if not _zero3_params(list(model.parameters())):
             yield  # ZeRO-1/2: every process holds the whole model
@@ -150,8 +150,8 @@ def sampling_params_gathered(model: torch.nn.Module, engine: Any | None = None) 
         return
     mods = fsdp_modules(model)
     if mods and not getattr(model, "_rollout_ready", False):
-        # FSDP2 sets itself up on the root's first forward; `generate` enters below the root
-        # (peft hands it to the wrapped model), so one token goes through the root first.
+        # FSDP2 sets itself up on the root's first forward, which a rollout may never make (a
+        # backend may enter below the root), so one token goes through the root first.
         with torch.no_grad():
             model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device))
         model._rollout_ready = True

@@ -287,13 +287,13 @@ class Learner:
         kl_in_loss = cfg.algorithm not in KL_IN_REWARD
 
         stats: dict[str, list[float]] = {"loss/policy": [], "loss/grad_norm": [], "loss/clip_frac": [],
-                                         "loss/entropy": []}
+                                         "loss/entropy": [], "loss/sampler_ratio_dev_max": []}
         order = list(range(len(samples)))
         batches = [order[k : k + cfg.train_batch_size] for k in range(0, len(order), cfg.train_batch_size)]
         # Every process must run the same number of optimizer steps and backward passes (DDP
         # would hang otherwise): missing ones are run on a real micro-batch with zero weight.
         n_batches = self._max(len(batches))
-        for _ in range(cfg.epochs_per_batch):
+        for epoch in range(cfg.epochs_per_batch):
             for b in range(n_batches):
                 idx = batches[b] if b < len(batches) else []
                 # Normaliser: real response tokens of this train batch over all processes.
@@ -320,6 +320,8 @@ class Learner:
                     if weight:
                         batch_loss += loss.item()
                         stats["loss/clip_frac"].append(info["clip_frac"])
+                        if epoch == 0 and b == 0:  # before any update: how far off-policy sampling was
+                            stats["loss/sampler_ratio_dev_max"].append(info["ratio_dev_max"])
                         stats["loss/entropy"].append(float(masked_mean(ent, m)))
                 t_sft0 = time.perf_counter()
                 if b == 0 and sft and sft_coef > 0:
@@ -337,7 +339,7 @@ class Learner:
                 t_opt += time.perf_counter() - t2
         self.scheduler.step()
         model.eval()
-        out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+        out = {k: max(v) if k.endswith("_max") else sum(v) / len(v) for k, v in stats.items() if v}
         out["kl/mean"] = float(masked_mean(kl_penalty(old, ref, "k1"), mask))
         out["kl/k3_mean"] = float(masked_mean(kl_penalty(old, ref, "k3"), mask))
         out["lr"] = self.scheduler.get_last_lr()[0]

@@ -82,6 +82,9 @@ def test_clipped_surrogate():
     # the normaliser makes micro-batch sums add up to the full-batch mean
     loss2, _ = policy_loss(lp, old, adv, torch.ones(1, 2), 0.2, normalizer=4.0)
     assert loss2.item() == pytest.approx(0.3 / 4)
+    # the largest |ratio - 1| on real tokens (padding ignored): how far off-policy the samples are
+    far = torch.log(torch.tensor([[1.1, 3.0]]))
+    assert policy_loss(far, old, adv, torch.tensor([[1.0, 0.0]]), 0.2)[1]["ratio_dev_max"] == pytest.approx(0.1)
 
 
 def test_unclipped_gradient_is_reinforce():
