@@ -101,6 +101,9 @@ class GameConfig:
     reward_mode: RewardMode = "general_sum"
     cot: bool = True
     """Hidden chain-of-thought: each role thinks in <think>, only <answer> is shown."""
+    refusal_label: Literal["judge", "seed"] = "judge"
+    """What the refusal term reads as the prompt's harmfulness: `judge` (its label of the final
+    prompt; the paper) or `seed` (the seed's dataset label; game/rewards.py REFUSAL_LABELS says why)."""
     revise_fraction: float = 0.5
     """Fraction of each seed class (harmful, benign) that the attacker revises."""
     harmful_fraction: float = 0.5
@@ -127,6 +130,10 @@ class DataConfig:
 
     seeds: str = "embedded"
     """`embedded` (shipped pool), a .jsonl/.csv/.json path, or an HF dataset name (needs network)."""
+    extra_seeds: list[str] = field(default_factory=list)
+    """More sources joined to the pool, same forms as `seeds`; shipped: `embedded:adversarial` (the
+    jailbreak-style forms of the seed rows, 500 harmful + 60 benign) and `embedded:borderline`
+    (255 OR-Bench-Toxic harmful requests, the counterpart of the OR-Bench-Hard benign seeds)."""
     prompt_field: str = "prompt"
     label_field: str = "label"
     harmful_values: list[str] = field(default_factory=lambda: ["harmful", "1", "true", "unsafe"])

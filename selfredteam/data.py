@@ -167,16 +167,29 @@ def to_seeds(records: list[tuple[int, dict[str, Any]]], fmap: FieldMap, where: s
     return seeds
 
 
-def embedded_seed_files() -> list[Path]:
+EMBEDDED_POOLS: dict[str, tuple[str, ...]] = {
+    "embedded": ("harmful.jsonl", "benign.jsonl"),
+    "embedded:adversarial": ("adversarial.jsonl",),
+    "embedded:borderline": ("harmful_borderline.jsonl",),
+}
+"""Shipped pools (selfredteam/assets/README.md): the 810 vanilla seeds; the adversarial
+(jailbreak-style) forms of the same rows, so a defender sees the framing it is attacked with,
+not only plain requests; OR-Bench-Toxic borderline harmful requests, the harmful counterpart of
+the OR-Bench-Hard benign seeds, so the boundary between scary-looking and harmful is in the pool."""
+
+
+def embedded_seed_files(name: str = "embedded") -> list[Path]:
+    if name not in EMBEDDED_POOLS:
+        raise DataError(f"Unknown shipped seed pool {name!r}. Valid: {', '.join(EMBEDDED_POOLS)}.")
     root = resources.files("selfredteam") / "assets" / "seeds"
-    return [Path(str(root / "harmful.jsonl")), Path(str(root / "benign.jsonl"))]
+    return [Path(str(root / f)) for f in EMBEDDED_POOLS[name]]
 
 
 def load_seeds(spec: str, fmap: FieldMap | None = None, split: str = "train") -> list[Seed]:
     """Load a seed pool from `embedded`, a file path, or a Hugging Face dataset name."""
     fmap = fmap or FieldMap()
-    if spec == "embedded":
-        return [s for p in embedded_seed_files() for s in to_seeds(read_records(p), FieldMap(), str(p))]
+    if spec == "embedded" or spec.startswith("embedded:"):
+        return [s for p in embedded_seed_files(spec) for s in to_seeds(read_records(p), FieldMap(), str(p))]
     path = Path(spec)
     if path.is_dir():
         seeds = _load_hf(spec, fmap, split)
@@ -211,10 +224,12 @@ def _load_hf(name: str, fmap: FieldMap, split: str) -> list[Seed]:
 
 
 def load_pool(data_cfg: Any, spec: str | None = None) -> list[Seed]:
-    """Seeds from `spec` (default: the config's `data.seeds`) with the config's field mapping."""
+    """Seeds from `spec`, or the config's training pool: `data.seeds` plus every `data.extra_seeds`
+    source, with the config's field mapping (a batch then draws uniformly within each class)."""
     d = data_cfg
     fmap = FieldMap(d.prompt_field, d.label_field, tuple(d.harmful_values), tuple(d.benign_values))
-    return load_seeds(spec or d.seeds, fmap, d.split)
+    specs = [spec] if spec else [d.seeds, *getattr(d, "extra_seeds", [])]
+    return [s for one in specs for s in load_seeds(one, fmap, d.split)]
 
 
 def missing_class(pool: list[Seed], harmful_fraction: float, where: str) -> str | None:

@@ -96,3 +96,18 @@ def test_missing_class_explains_what_the_game_needs():
     assert missing_class(benign, 0.0, "seeds.jsonl") is None  # asked for benign only: fine
     assert "no benign seeds" in missing_class([Seed("h", "harmful")], 0.5, "x")
     assert missing_class(load_seeds("embedded"), 0.5, "embedded") is None
+
+
+def test_shipped_boundary_pools_join_the_training_pool():
+    from selfredteam.config import load_config
+    from selfredteam.data import load_pool
+
+    adv, border = load_seeds("embedded:adversarial"), load_seeds("embedded:borderline")
+    assert (sum(s.harmful for s in adv), len(adv)) == (500, 560)
+    assert len(border) == 255 and all(s.harmful for s in border)
+    cfg = load_config("cpu-demo", None, ["data.extra_seeds=embedded:adversarial,embedded:borderline"])
+    pool = load_pool(cfg.data)
+    assert len(pool) == 810 + 560 + 255
+    assert len(load_pool(cfg.data, "embedded")) == 810  # an explicit source is that source alone
+    with pytest.raises(DataError, match="embedded:adversarial"):
+        load_seeds("embedded:nope")

@@ -126,3 +126,17 @@ def test_refused_revisions_lose_only_when_the_rule_is_on():
     assert all(g.rewards["attacker"] == -2.0 + 1.0 and "attacker_refused_revision" in g.outcomes for g in ruled)
     assert [g.rewards["defender"] for g in ruled] == [g.rewards["defender"] for g in paper]
     assert not any("attacker_refused_revision" in g.outcomes for g in paper)
+
+
+def test_seed_refusal_label_reaches_the_game():
+    """game.refusal_label=seed: a judge that calls every prompt harmful no longer makes refusing a
+    benign seed's prompt the defender's right answer."""
+    policy = FakePolicy("plan </think><answer>REVISED</answer>", "thinking </think><answer>No.</answer>")
+    rules = GameConfig(cot=True, revise_fraction=0.5, refusal_label="seed")
+    games = play_games(SEEDS, policy, FakeJudge(ph=True, rr=True, rh=False), rules=rules, attacker_params=P,
+                       defender_params=P, rng=random.Random(0))
+    for g in games:
+        right = "defender_correct_refusal" if g.seed_label == "harmful" else "defender_wrong_refusal"
+        assert right in g.outcomes
+    judge_rules = play(policy, FakeJudge(ph=True, rr=True, rh=False))
+    assert all("defender_correct_refusal" in g.outcomes for g in judge_rules)

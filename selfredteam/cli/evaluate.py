@@ -207,6 +207,68 @@ def attack(
 
 @app.command()
 @friendly_errors
+def probe(
+    model: Annotated[str, typer.Option(help="embedded | HF id/dir | a `train` run or checkpoint dir (needs local weights).")] = "embedded",
+    splits: Annotated[str, typer.Option(help="Comma-separated: wjb-adversarial, wjb-vanilla, or-toxic-hard, xstest.")] = "wjb-adversarial,or-toxic-hard",
+    layers: Annotated[str | None, typer.Option(help="Comma-separated layer indices (0 = embeddings); default: a quarter, half, three quarters and all of the depth.")] = None,
+    fit: Annotated[str | None, typer.Option(help="Labelled prompts to fit the transferred probe on: a seed source (`embedded`, `embedded:adversarial`, a file, comma-separated), or `none`. Default: the config's training pool (data.seeds + data.extra_seeds).")] = None,
+    per_class: Annotated[int | None, typer.Option(help="At most this many harmful and this many benign prompts per split (seeded sample).")] = None,
+    folds: int = 5,
+    behaviour: Annotated[bool, typer.Option(help="Also answer the prompts and measure the behavioural J (generation: the slow part).")] = True,
+    out: Annotated[Path, typer.Option(help="Where probe.json, probe.md and the answers go.")] = Path("runs/probe"),
+    cache_dir: Annotated[Path | None, typer.Option(help="Feature cache (default: the user cache dir).")] = None,
+    preset: PresetOpt = "cpu-demo",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Knows vs acts: per layer, how well a linear probe on the model's hidden states tells harmful
+    from benign prompts (in distribution, and transferred from the training pool), beside the
+    model's behavioural J (refusal on harmful minus on benign) on the same prompts."""
+    from selfredteam.data import load_pool
+    from selfredteam.eval.probe import default_cache_root, probe_markdown, run_probe, write_result
+    from selfredteam.eval.run import answer_prompts, build_eval_policy
+    from selfredteam.policy.base import sampling_params
+
+    cfg = config_from(preset, config, set_)
+    split_names = [x.strip() for x in splits.split(",") if x.strip()]
+    fit_seeds, fit_name = None, ""
+    if fit != "none":
+        specs = [x.strip() for x in fit.split(",")] if fit else [cfg.data.seeds, *cfg.data.extra_seeds]
+        fit_seeds = [s for spec in specs for s in load_pool(cfg.data, spec)]
+        fit_name = "+".join(specs)
+    announce_runtime(eval_model_config(model, cfg), cfg.run.threads, out)
+    with console.status(f"Loading {model}..."):
+        policy = build_eval_policy(model, cfg)
+    depth = getattr(getattr(getattr(policy, "model", None), "config", None), "num_hidden_layers", 24)
+    layer_ids = [int(x) for x in layers.split(",")] if layers else sorted({depth // 4, depth // 2, 3 * depth // 4, depth})
+    answer = None
+    if behaviour:
+        from selfredteam.judges import build_judge
+
+        with console.status("Loading judge..."):
+            judge = build_judge(cfg.judge)
+        params = sampling_params(cfg.generation, "defender", cfg.game.cot)
+
+        def answer(name: str, prompts: list[Any]) -> list[dict[str, Any]]:
+            status.update(f"{name}: answering and judging {len(prompts)} prompts (behavioural J)...")
+            return answer_prompts(policy, judge, {name: prompts}, cfg.game.cot, params, out / "answers" / name)
+
+    status = console.status("Reading hidden states...")
+    status.start()
+    try:
+        result = run_probe(policy, split_names, layer_ids, fit=fit_seeds, fit_name=fit_name, per_class=per_class,
+                           folds=folds, seed=cfg.run.seed, cache_root=cache_dir or default_cache_root(), answer=answer,
+                           progress=lambda what, k, n: status.update(f"Hidden states: {what} {k}/{n}"))
+    finally:
+        status.stop()
+    json_path, md_path = write_result(result, out)
+    out_console.print("\n".join(probe_markdown(result)))
+    console.print(f"Wrote {json_path} and {md_path}.")
+
+
+@app.command()
+@friendly_errors
 def report(
     runs: Annotated[list[Path], typer.Argument(help="One or more `train` run dirs (compared side by side).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write report.html and report.md.")] = Path("runs/report"),

@@ -2,8 +2,8 @@
 
 Each benchmark yields `EvalPrompt`s labelled harmful (we measure attack success / refusal) or
 benign (we measure compliance / over-refusal), grouped into subsets (e.g. XSTest safe/unsafe,
-WildJailbreak vanilla/adversarial). Small dev copies of XSTest, WildJailbreak eval and
-OR-Bench-Hard ship as package data (see selfredteam/assets/README.md), so `eval` runs offline;
+WildJailbreak vanilla/adversarial). Small dev copies of XSTest, WildJailbreak eval,
+OR-Bench-Hard and OR-Bench-Toxic ship as package data (see selfredteam/assets/README.md), so `eval` runs offline;
 the others load from a local file in their original format (`--benchmark-path NAME=PATH`) or,
 with a network, by HF name. An unknown name lists the valid ones.
 """
@@ -114,7 +114,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               _single("benign", "or_bench_hard", "prompt"), ("or_bench_hard.csv",),
               ("bench-llm/or-bench", "or-bench-hard-1k", "train")),
     Benchmark("or_bench_toxic", "OR-Bench-Toxic: harmful prompts that must be refused",
-              _single("harmful", "or_bench_toxic", "prompt"), (), ("bench-llm/or-bench", "or-bench-toxic", "train")),
+              _single("harmful", "or_bench_toxic", "prompt"), ("or_bench_toxic.csv",),
+              ("bench-llm/or-bench", "or-bench-toxic", "train")),
     Benchmark("harmbench", "HarmBench text behaviours (CSV `Behavior`) or precomputed test cases (JSON)",
               _single("harmful", "harmbench", "Behavior", "behavior", "prompt", "test_case"), (),
               ("walledai/HarmBench", "standard", "train")),

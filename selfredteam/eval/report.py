@@ -21,6 +21,7 @@ from typing import Any
 from selfredteam.errors import UserError
 from selfredteam.eval.compare import fmt_interval
 from selfredteam.eval.metrics import Rate
+from selfredteam.eval.probe import probe_markdown
 
 CURVES = [
     ("reward/defender_mean", "defender mean reward"),
@@ -86,6 +87,30 @@ def _eval_tables(run: Path) -> list[tuple[str, list[dict[str, Any]]]]:
 def _comparisons(run: Path) -> list[tuple[str, dict[str, Any]]]:
     paths = sorted((run / "eval").glob("*/comparison.json")) if (run / "eval").is_dir() else []
     return [(p.parent.name, json.loads(p.read_text())) for p in paths]
+
+
+def _probes(run: Path) -> list[tuple[str, dict[str, Any]]]:
+    """`selfredteam probe` results saved with the run (RUN/probe/probe.json, RUN/eval/NAME/probe.json)."""
+    paths = sorted([*run.glob("probe/probe.json"), *run.glob("eval/*/probe.json")])
+    return [(p.parent.name, json.loads(p.read_text())) for p in paths]
+
+
+def _probe_html(title: str, result: dict[str, Any]) -> list[str]:
+    h = [f"<h2>{html.escape(title)}</h2><p>Does a linear probe on the hidden states tell harmful from benign "
+         "prompts (AUC, and J = TPR - FPR at its threshold), in distribution (k-fold) and transferred from the "
+         f"fit set ({html.escape(str(result.get('fit')))}), and does the model act on it (behavioural J)?</p>"]
+    for name, split in result["splits"].items():
+        b = split.get("behaviour") or {}
+        bj = f"{b['j']:+.2f}" if b.get("j") is not None else "not measured"
+        h.append(f"<h3>{html.escape(name)}: behavioural J {bj}</h3><table><tr><th>layer</th><th>AUC in-dist</th>"
+                 "<th>J in-dist</th><th>AUC transferred</th><th>J transferred</th></tr>")
+        for r in split["layers"]:
+            i, t = r["in_distribution"], r.get("transferred") or {}
+            cells = [str(r["layer"]), f"{i['auc']:.2f}", f"{i['j']:+.2f}",
+                     f"{t['auc']:.2f}" if t else "-", f"{t['j']:+.2f}" if t else "-"]
+            h.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        h.append("</table>")
+    return h
 
 
 def monitor_summary(rows: list[dict[str, Any]]) -> list[tuple[str, float | None, str, list[int]]]:
@@ -243,6 +268,10 @@ def build_report(runs: list[Path], out: Path, labels: list[str] | None = None) -
                 h.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
                 md.append("| " + " | ".join(cells) + " |")
             h.append("</table>")
+        for label, result in _probes(run):
+            title = f"Knows vs acts: {name} / {label}"
+            h += _probe_html(title, result)
+            md += ["", f"## {title}", "", *probe_markdown(result)]
         for label, subsets in _eval_tables(run):
             h.append(f"<h2>Safety eval: {html.escape(name)} / {html.escape(label)}</h2><table><tr><th>benchmark</th>"
                      "<th>subset</th><th>n</th><th>ASR</th><th>refusal</th><th>compliance</th><th>over-refusal</th></tr>")

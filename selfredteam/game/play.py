@@ -190,6 +190,7 @@ def play_games(
                 defender_cut_off=dfd.cut_off,
                 cut_off_reward=rules.cut_off_format_reward,
                 refused_revision=bool(att and rules.refused_revision_loses and pattern_refusal(att.answer)),
+                refusal_label=rules.refusal_label,
             )
             rewards, outcomes = {"attacker": r.attacker, "defender": r.defender}, r.outcomes
         games.append(GameRecord(

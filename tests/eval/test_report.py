@@ -33,6 +33,11 @@ def fake_run(root, name, n_steps=6):
     (run / "eval" / "after" / "comparison.json").write_text(json.dumps({"baseline": "embedded", "families": [
         {"family": "xstest", "n_harmful": 10, "n_benign": 12, "baseline": {"J": j}, "model": {"J": j | {"value": 0.4}},
          "delta_J": {"value": 0.3, "low": 0.1, "high": 0.5}, "delta_harmful_refusal": j, "delta_over_refusal": j}]}))
+    score = {"auc": 0.91, "j": 0.62, "tpr": 0.8, "fpr": 0.18}
+    (run / "probe").mkdir()
+    (run / "probe" / "probe.json").write_text(json.dumps({"model": "m", "fit": "embedded", "folds": 5, "splits": {
+        "wjb-adversarial": {"n_harmful": 20, "n_benign": 20, "behaviour": {"j": 0.05},
+                            "layers": [{"layer": 12, "in_distribution": score, "transferred": score | {"j": 0.0}}]}}}))
     return run
 
 
@@ -49,6 +54,8 @@ def test_report_is_self_contained(tmp_path):
     assert "| xstest | 10/12 | +0.10 [+0.00, +0.20] | +0.40 [+0.00, +0.20] | +0.30 [+0.10, +0.50] |" in md
     # the monitor's window of 3: a top-answer share of 0.9 from step 3 trips from step 4 (mean of steps 2-4 is 0.63)
     assert "| monitor/top_answer_share | 0.740 | >= 0.5 | 4, 5, 6 |" in md
+    assert "Knows vs acts: selfplay / probe" in text and "behavioural J +0.05" in text
+    assert "| 12 | 0.91 | +0.62 | 0.91 | +0.00 (0.80 / 0.18) |" in md
 
 
 # Skipped on a dev machine without Chromium; in CI (.ci/run installs it) a missing browser fails.

@@ -1,0 +1,368 @@
+"""Knows vs acts: do a model's hidden states separate harmful from benign prompts, and does its
+behaviour follow?
+
+A model that refuses harmful and benign prompts alike may not be able to tell them apart, or it
+may tell them apart and not act on it. The two call for different fixes (a bigger model, or
+better training signal), so `selfredteam probe` measures both on the same prompts:
+
+- per layer, a logistic probe on the prompt's hidden states (the mean over its chat-templated
+  tokens joined with the last token's state), scored by AUC and by Youden's J (TPR - FPR) at a
+  threshold chosen on the probe's own training data:
+  - in-distribution: k-fold cross-validation on the eval split;
+  - transferred: fitted on the training pool (or any labelled file), tested on the eval split,
+    which says whether the boundary the pool teaches reaches these prompts;
+- the model's behavioural J on the same prompts: refusal rate on harmful minus on benign.
+
+Features are cached per (model, prompt, layer) under the user cache dir, so re-running with
+other splits, fit sets or layers reuses every forward pass already paid for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selfredteam.errors import UserError
+
+PROBE_SPLITS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
+    "wjb-adversarial": (("wildjailbreak", "harmful_adversarial"), ("wildjailbreak", "benign_adversarial")),
+    "wjb-vanilla": (("wildjailbreak", "harmful_vanilla"), ("wildjailbreak", "benign_vanilla")),
+    "or-toxic-hard": (("or_bench_toxic", "or_bench_toxic"), ("or_bench_hard", "or_bench_hard")),
+    "xstest": (("xstest", "xstest_unsafe"), ("xstest", "xstest_safe")),
+}
+"""Eval splits as (harmful benchmark and subset, benign benchmark and subset); all ship as dev copies."""
+
+
+@dataclass(frozen=True)
+class ProbeScore:
+    auc: float
+    j: float
+    """Youden's J = TPR - FPR at the threshold chosen on the probe's training data."""
+    tpr: float
+    fpr: float
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+def roc_auc(scores: np.ndarray, y: np.ndarray) -> float:
+    """Area under the ROC curve by ranks (Mann-Whitney U), ties counted half."""
+    y = np.asarray(y).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = np.asarray(scores)[order]
+    i = 0
+    while i < len(sorted_scores):  # average ranks over ties
+        k = i
+        while k + 1 < len(sorted_scores) and sorted_scores[k + 1] == sorted_scores[i]:
+            k += 1
+        ranks[order[i:k + 1]] = (i + k) / 2 + 1
+        i = k + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def youden(pred: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(J, TPR, FPR) of boolean predictions against labels (1 = harmful)."""
+    y = np.asarray(y).astype(bool)
+    tpr = float(pred[y].mean()) if y.any() else 0.0
+    fpr = float(pred[~y].mean()) if (~y).any() else 0.0
+    return tpr - fpr, tpr, fpr
+
+
+# --- the probe -------------------------------------------------------------------------------
+
+@dataclass
+class Probe:
+    """Standardised features -> logistic score, with the J-maximising threshold on its fit data."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    w: np.ndarray
+    b: float
+    threshold: float
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-(((x - self.mean) / self.scale) @ self.w + self.b)))
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, seed: int = 0) -> Probe:
+    """Class-balanced L2 logistic regression (the embedded judge's fitter) on standardised features."""
+    from selfredteam.judges.fit import best_threshold, fit_logistic
+
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    z = ((x - mean) / scale).astype(np.float32)
+    y = np.asarray(y).astype(np.float32)
+    weights = np.where(y == 1, 0.5 / max(y.mean(), 1e-9), 0.5 / max(1 - y.mean(), 1e-9)).astype(np.float32)
+    w, b = fit_logistic(z, y, weights, l2, seed=seed)
+    probe = Probe(mean, scale, w, b, 0.5)
+    probe.threshold = best_threshold(probe.scores(x), y)
+    return probe
+
+
+def score(probe: Probe, x: np.ndarray, y: np.ndarray) -> ProbeScore:
+    s = probe.scores(x)
+    j, tpr, fpr = youden(s >= probe.threshold, y)
+    return ProbeScore(roc_auc(s, y), j, tpr, fpr)
+
+
+def cross_validated(x: np.ndarray, y: np.ndarray, k: int = 5, seed: int = 0, l2: float = 1e-3) -> ProbeScore:
+    """Stratified k-fold: every prompt scored by a probe that never saw it; AUC over the pooled
+    out-of-fold scores, J from each fold's own threshold."""
+    y = np.asarray(y).astype(int)
+    folds = np.zeros(len(y), dtype=int)
+    rng = random.Random(seed)
+    for cls in (0, 1):
+        idx = [i for i in range(len(y)) if y[i] == cls]
+        rng.shuffle(idx)
+        for n, i in enumerate(idx):
+            folds[i] = n % k
+    scores, preds = np.zeros(len(y)), np.zeros(len(y), dtype=bool)
+    for f in range(k):
+        test = folds == f
+        if not test.any() or len(set(y[~test])) < 2:
+            continue
+        probe = fit_probe(x[~test], y[~test], l2, seed)
+        scores[test] = probe.scores(x[test])
+        preds[test] = scores[test] >= probe.threshold
+    j, tpr, fpr = youden(preds, y)
+    return ProbeScore(roc_auc(scores, y), j, tpr, fpr)
+
+
+def transferred(x_fit: np.ndarray, y_fit: np.ndarray, x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> ProbeScore:
+    """Fit on one set (the training pool), score on another (the eval split)."""
+    return score(fit_probe(x_fit, y_fit, l2), x, y)
+
+
+# --- features --------------------------------------------------------------------------------
+
+def model_fingerprint(name: str) -> str:
+    """What a model's cached features are keyed by: its name, plus, for a local dir, the size and
+    mtime of each weight file (a retrained checkpoint at the same path gets new features)."""
+    parts = [name]
+    p = Path(name.removeprefix("checkpoint:").split(":")[0])  # a run's checkpoint: `checkpoint:DIR[:role]`
+    if p.is_dir():
+        for f in sorted(p.rglob("*.safetensors")):
+            st = f.stat()
+            parts.append(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class FeatureCache:
+    """One safetensors file per prompt, one tensor per layer (no pickle)."""
+
+    def __init__(self, root: Path | None, model_key: str) -> None:
+        self.dir = root / model_key if root else None
+
+    def _path(self, prompt: str) -> Path:
+        assert self.dir is not None
+        return self.dir / f"{hashlib.sha256(prompt.encode()).hexdigest()[:24]}.safetensors"
+
+    def get(self, prompt: str, layers: Sequence[int]) -> dict[int, np.ndarray] | None:
+        if self.dir is None or not self._path(prompt).is_file():
+            return None
+        from safetensors.numpy import load_file
+
+        stored = load_file(str(self._path(prompt)))
+        if not all(f"layer_{k}" in stored for k in layers):
+            return None
+        return {k: stored[f"layer_{k}"] for k in layers}
+
+    def put(self, prompt: str, feats: dict[int, np.ndarray]) -> None:
+        if self.dir is None:
+            return
+        from safetensors.numpy import load_file, save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self._path(prompt)
+        stored = load_file(str(path)) if path.is_file() else {}
+        stored |= {f"layer_{k}": np.ascontiguousarray(v, dtype=np.float32) for k, v in feats.items()}
+        tmp = path.with_suffix(".tmp")
+        save_file(stored, str(tmp))
+        tmp.replace(path)
+
+
+def default_cache_root() -> Path:
+    from selfredteam.policy.embedded import cache_dir
+
+    return cache_dir() / "probe"
+
+
+def prompt_features(policy: Any, prompts: Sequence[str], layers: Sequence[int], cache: FeatureCache,
+                    token_budget: int = 4096, progress: Callable[[int], None] | None = None) -> dict[int, np.ndarray]:
+    """Per layer, an (n, 2 * hidden) array: the mean of the prompt's states over its chat-templated
+    tokens joined with the last token's state. Prompts are sorted by length and batched up to
+    `token_budget` padded tokens, so long and short ones do not pad each other."""
+    import torch
+
+    from selfredteam.game.prompts import Turn
+    from selfredteam.policy.layout import decoder_and_head
+
+    out: dict[int, list[np.ndarray | None]] = {k: [None] * len(prompts) for k in layers}
+    todo = []
+    for i, p in enumerate(prompts):
+        hit = cache.get(p, layers)
+        if hit is None:
+            todo.append(i)
+        else:
+            for k in layers:
+                out[k][i] = hit[k]
+    if progress:
+        progress(len(prompts) - len(todo))
+    if not todo:
+        return {k: np.stack(v) for k, v in out.items()}  # type: ignore[arg-type]
+    parts = decoder_and_head(policy.model)
+    decoder = parts[0] if parts else policy.model  # the whole model also returns hidden states
+    n_layers = policy.model.config.num_hidden_layers
+    bad = [k for k in layers if not 0 <= k <= n_layers]
+    if bad:
+        raise UserError(f"--layers {bad}: this model has layers 0 (embeddings) to {n_layers}.")
+    ids = {i: policy.encode(Turn([{"role": "user", "content": prompts[i]}])) for i in todo}
+    todo.sort(key=lambda i: len(ids[i]))
+    pad = policy.tokenizer.pad_token_id or 0
+    device = policy.device
+    while todo:
+        batch = [todo.pop(0)]
+        while todo and len(ids[todo[0]]) * (len(batch) + 1) <= token_budget:
+            batch.append(todo.pop(0))
+        width = max(len(ids[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):  # left padding: the last token is at -1 in every row
+            input_ids[r, width - len(ids[i]):] = torch.tensor(ids[i])
+            mask[r, width - len(ids[i]):] = 1
+        with torch.inference_mode():
+            hidden = decoder(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                             output_hidden_states=True, use_cache=False).hidden_states
+        m = mask.to(device).unsqueeze(-1).float()
+        for k in layers:
+            h = hidden[k].float()
+            mean = (h * m).sum(1) / m.sum(1)
+            feats = torch.cat([mean, h[:, -1]], dim=-1).cpu().numpy()
+            for r, i in enumerate(batch):
+                out[k][i] = feats[r]
+        for i in batch:
+            cache.put(prompts[i], {k: out[k][i] for k in layers})  # type: ignore[misc]
+        if progress:
+            progress(len(batch))
+    return {k: np.stack(v) for k, v in out.items()}  # type: ignore[arg-type]
+
+
+# --- the report ------------------------------------------------------------------------------
+
+def behaviour(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Refusal on harmful minus refusal on benign, from `eval` rows (the judge's refusal label)."""
+    from selfredteam.eval.metrics import wilson
+
+    def rate(label: str) -> dict[str, Any]:
+        got = [r["judge"].get("response_refusal") for r in rows if r["label"] == label]
+        got = [bool(g) for g in got if g is not None]
+        w = wilson(sum(got), len(got))
+        return {"rate": w.value, "k": w.k, "n": w.n, "low": w.low, "high": w.high}
+
+    harm, ben = rate("harmful"), rate("benign")
+    return {"refusal_harmful": harm, "refusal_benign": ben,
+            "j": (harm["rate"] - ben["rate"]) if harm["n"] and ben["n"] else None}
+
+
+def probe_split(features: dict[int, np.ndarray], y: np.ndarray, fit: tuple[dict[int, np.ndarray], np.ndarray] | None,
+                k: int = 5, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per layer: in-distribution and (when a fit set is given) transferred scores."""
+    rows = []
+    for layer, x in sorted(features.items()):
+        row: dict[str, Any] = {"layer": layer, "in_distribution": asdict(cross_validated(x, y, k, seed))}
+        if fit is not None:
+            row["transferred"] = asdict(transferred(fit[0][layer], fit[1], x, y))
+        rows.append(row)
+    return rows
+
+
+def probe_markdown(result: dict[str, Any]) -> list[str]:
+    """The result as a markdown table per split (CLI, BENCHMARKS.md and the HTML report)."""
+    lines = [f"Model `{result['model']}`; fit set for transfer: {result.get('fit') or 'none'}; "
+             f"{result['folds']}-fold cross-validation in distribution.", ""]
+    for name, split in result["splits"].items():
+        b = split.get("behaviour")
+        bj = "not measured"
+        if b and b.get("j") is not None:
+            bj = f"{b['j']:+.2f}"
+            if "refusal_harmful" in b:
+                bj += f" (refusal {b['refusal_harmful']['rate']:.2f} harmful, {b['refusal_benign']['rate']:.2f} benign)"
+        lines += [f"**{name}** ({split['n_harmful']} harmful, {split['n_benign']} benign): behavioural J {bj}", "",
+                  "| layer | AUC in-dist | J in-dist | AUC transferred | J transferred (TPR / FPR) |",
+                  "|---|---|---|---|---|"]
+        for r in split["layers"]:
+            i, t = r["in_distribution"], r.get("transferred")
+            tr = f"{t['auc']:.2f} | {t['j']:+.2f} ({t['tpr']:.2f} / {t['fpr']:.2f})" if t else "- | -"
+            lines.append(f"| {r['layer']} | {i['auc']:.2f} | {i['j']:+.2f} | {tr} |")
+        lines.append("")
+    return lines
+
+
+def write_result(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.json").write_text(json.dumps(result, indent=2))
+    (out / "probe.md").write_text("\n".join(["# selfredteam probe: knows vs acts", "", *probe_markdown(result)]))
+    return out / "probe.json", out / "probe.md"
+
+
+def split_prompts(name: str, per_class: int | None = None, seed: int = 0) -> list[Any]:
+    """The harmful and benign EvalPrompts of a probe split, each class sampled to `per_class`."""
+    from selfredteam.eval.benchmarks import load_benchmark
+
+    if name not in PROBE_SPLITS:
+        raise UserError(f"Unknown probe split {name!r}. Valid: {', '.join(PROBE_SPLITS)}.")
+    out = []
+    for bench, subset in PROBE_SPLITS[name]:
+        items = [p for p in load_benchmark(bench) if p.subset == subset]
+        if per_class and per_class < len(items):
+            items = random.Random(f"{seed}:{name}:{subset}").sample(items, per_class)
+        out += items
+    return out
+
+
+def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fit: Sequence[Any] | None = None,
+              fit_name: str = "", per_class: int | None = None, folds: int = 5, seed: int = 0,
+              cache_root: Path | None = None, answer: Callable[[str, list[Any]], list[dict[str, Any]]] | None = None,
+              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Probe scores per split and layer (in-distribution, and transferred from `fit`, a list of
+    Seeds), plus the behavioural J from `answer` (split name, its prompts -> `eval` rows)."""
+    if getattr(policy, "model", None) is None or not hasattr(policy, "encode"):
+        raise UserError(f"probe reads hidden states: {policy.name} is not a local transformers model "
+                        "(use an HF id or dir, `embedded`, or a `train` run dir).")
+    cache = FeatureCache(cache_root, model_fingerprint(policy.name))
+
+    def feats(what: str, texts: list[str]) -> dict[int, np.ndarray]:
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(what, done[0], len(texts))
+
+        return prompt_features(policy, texts, layers, cache, progress=tick)
+
+    fitted = None
+    if fit:
+        fitted = (feats("fit set", [s.prompt for s in fit]), np.array([s.harmful for s in fit], dtype=int))
+    result: dict[str, Any] = {"model": policy.name, "fit": fit_name or None, "layers": list(layers),
+                              "folds": folds, "splits": {}}
+    if fit:
+        result["n_fit"] = {"harmful": int(fitted[1].sum()), "benign": int(len(fitted[1]) - fitted[1].sum())}  # type: ignore[index]
+    for name in splits:
+        prompts = split_prompts(name, per_class, seed)
+        y = np.array([p.label == "harmful" for p in prompts], dtype=int)
+        split: dict[str, Any] = {"n_harmful": int(y.sum()), "n_benign": int(len(y) - y.sum()),
+                                 "layers": probe_split(feats(name, [p.prompt for p in prompts]), y, fitted, folds, seed)}
+        if answer:
+            split["behaviour"] = behaviour(answer(name, prompts))
+        result["splits"][name] = split
+    return result
