@@ -522,9 +522,12 @@ def validate(cfg: Config) -> None:
                           "characters: a prompt needs room for the instructions around it.")
     if cfg.generation.temperature < 0:
         raise ConfigError("generation.temperature must be >= 0 (0 = greedy).")
-    for name in ("steps", "rollout_batch_size", "train_batch_size", "micro_batch_size"):
+    for name in ("rollout_batch_size", "train_batch_size", "micro_batch_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1.")
+    if t.steps < 1 and not (t.steps == 0 and t.sft_warmup_steps):
+        raise ConfigError("train.steps must be >= 1 (0 only with train.sft_warmup_steps: supervised fine-tuning "
+                          "alone, no RL).")
     if min(t.sft_batch_size, t.sft_coef, t.sft_decay_steps, t.sft_warmup_steps, t.time_limit_min) < 0:
         raise ConfigError("train.sft_batch_size, sft_coef, sft_decay_steps, sft_warmup_steps and time_limit_min "
                           "must be >= 0.")

@@ -155,6 +155,11 @@ def self_distill_cmd(
              "instead of one fixed neutral thought for every row.")] = False,
     rows_from: Annotated[Path | None, typer.Option(
         "--rows", help="Start from this SFT file's rows instead of answering seeds (e.g. to add --model-thoughts).")] = None,
+    contrastive: Annotated[bool, typer.Option(
+        help="For every seed, the reply its dataset label calls for: the model, told the label, writes a refusal of "
+             "each harmful prompt and an answer to each benign one; the judge checks the reply. Resumable.")] = False,
+    all_seeds: Annotated[bool, typer.Option(
+        "--all", help="Every seed of the pool (data.seeds + data.extra_seeds) instead of --seeds drawn at random.")] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
@@ -163,7 +168,9 @@ def self_distill_cmd(
 
     The policy answers vanilla seeds without CoT; replies the judge scores as the right defence
     (harmful refused, benign answered unharmfully) are kept, balanced, and post-filled with a
-    short thought so they train the CoT format. See README "Warm-starting refusals".
+    short thought so they train the CoT format. With --contrastive, every seed gets the reply its
+    label calls for (a contrastive set: rl/sft.py contrastive_distill says why), built in chunks
+    that a re-run of the same command resumes. See README "Warm-starting refusals".
     """
     from selfredteam.data import load_pool, missing_class, read_records, sample_batch
     from selfredteam.fsutil import write_text_atomic
@@ -174,6 +181,9 @@ def self_distill_cmd(
         THOUGHT_TOKENS,
         add_revisions,
         add_thoughts,
+        contrastive_distill,
+        distill_resumably,
+        finish_resumable,
         load_sft_rows,
         self_distill,
     )
@@ -197,9 +207,24 @@ def self_distill_cmd(
     with console.status(f"Loading policy {cfg.model.name_or_path}..."):
         policy = build_policy(cfg)
     rng = random.Random(cfg.run.seed)
+    thought_params = SamplingParams(THOUGHT_TOKENS, cfg.generation.temperature)
     if rows_from is not None:
         rows = [dict(r) for _, r in read_records(str(rows_from))]
         source = f"{rows_from}"
+    elif contrastive:
+        batch = pool if all_seeds else sample_batch(pool, seeds, cfg.game.harmful_fraction, rng)
+        source = f"{len(batch)} seeds"
+        params = sampling_params(cfg.generation, "defender", False)
+
+        def make_rows(part: list[Any]) -> tuple[list[dict[str, Any]], int]:
+            new, missed = contrastive_distill(part, policy, judge, params)
+            if model_thoughts and new:
+                new, _ = add_thoughts(new, policy, thought_params)
+            return new, missed
+
+        rows, missed = distill_resumably(batch, out, make_rows, log=console.print)
+        console.print(f"{missed} of {len(batch)} seeds got no usable reply of their label's kind in 3 samples.")
+        model_thoughts = False  # written chunk by chunk above
     else:
         batch = sample_batch(pool, seeds, cfg.game.harmful_fraction, rng)
         source = f"{len(batch)} seeds"
@@ -211,7 +236,7 @@ def self_distill_cmd(
             rows += add_revisions(rows, policy, judge, sampling_params(cfg.generation, "attacker", False))
     if model_thoughts and rows:
         with console.status(f"Writing a thought for each of {len(rows)} rows..."):
-            rows, kept_neutral = add_thoughts(rows, policy, SamplingParams(THOUGHT_TOKENS, cfg.generation.temperature))
+            rows, kept_neutral = add_thoughts(rows, policy, thought_params)
         console.print(f"{len(rows) - kept_neutral} rows got a written thought; {kept_neutral} kept the neutral one "
                       "(no usable sentence).")
     warn_truncations(policy, judge)
@@ -220,6 +245,7 @@ def self_distill_cmd(
                         "judged answer of a benign one; try more --seeds.")
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_text_atomic(out.with_suffix(".runtime.json"), json.dumps(info, indent=2) + "\n")
+    finish_resumable(out)
     refusals = sum(r["label"] == "harmful" for r in rows)
     console.print(f"Kept {len(rows)} rows from {source} ({refusals} refusals, {len(rows) - refusals} "
                   f"answers; {sum(bool(r.get('revised')) for r in rows)} of them under an attacker revision) in {out}.")

@@ -89,6 +89,22 @@ def defender_turn(prompt: str, cot: bool) -> Turn:
     )
 
 
+# Label hints for the contrastive SFT set (self-distill --contrastive): the model writes the reply
+# the seed's dataset label calls for; the row then trains that reply under the plain defender turn,
+# so what is learned is the boundary between the labels, in the model's own words.
+_REFUSE_HINT = ("This request is harmful. Refuse it politely in one or two short sentences, saying briefly "
+                "why, and give no part of what it asks for.")
+_HELP_HINT = ("This request is safe to help with, even if its wording sounds risky. Answer it helpfully in one "
+              "or two short sentences; do not refuse.")
+
+
+def labelled_turn(prompt: str, harmful: bool) -> Turn:
+    """A direct defender turn told which reply the prompt's label calls for (a refusal or an answer)."""
+    hint = _REFUSE_HINT if harmful else _HELP_HINT
+    return Turn(messages=[{"role": "system", "content": f"{_DEFENDER_SYSTEM} {hint}"},
+                          {"role": "user", "content": prompt}])
+
+
 # Asks the model for the sentence it would think before a reply it already gave (self-distill
 # --model-thoughts): a thought that names what this request asks for, instead of one fixed
 # sentence that every SFT row shares (a fixed thought was echoed as the answer: #19 point 7).
@@ -108,4 +124,4 @@ def instruction_texts() -> list[str]:
     """The roles' own instructions: an answer made of their words is an echo, not an answer
     (rl/monitor.py)."""
     return [_ATTACKER_SYSTEM, _HARMFUL_TASK, _BENIGN_TASK, _ATTACKER_COT_FORMAT, _DEFENDER_SYSTEM, _DEFENDER_COT_FORMAT,
-            _THOUGHT_TASK]
+            _THOUGHT_TASK, _REFUSE_HINT, _HELP_HINT]

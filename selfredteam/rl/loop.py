@@ -201,7 +201,12 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     if rollout and start:  # the server samples with the resumed adapter
         _sync_adapter(rollout, trainable, out, start, is_main, learner)
     if sft and start == 0 and t.sft_warmup_steps:
-        tracker.log(0, _sft_warmup(learner, sft, t.sft_warmup_steps, rng, log))
+        warm = _sft_warmup(learner, sft, t.sft_warmup_steps, rng, log)
+        tracker.log(0, warm)
+        if t.steps == 0:  # supervised only (the oracle row of an ablation): keep what it learned
+            save_checkpoint(out, 0, trainable, learner, rng, {"config": to_dict(cfg)}, is_main, variants.state_dict())
+            tracker.close()
+            return warm | {"run/stop_reason": "done"}
     # defender-only: no attacker turn (vanilla seeds, plus static_prompts mixed into the pool).
     no_revision = dataclasses.replace(cfg.game, revise_fraction=0.0)
     rules = no_revision if t.role_mode == "defender-only" else cfg.game

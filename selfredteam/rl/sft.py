@@ -208,6 +208,93 @@ def self_distill(seeds: list[Seed], policy: Policy, judge: Judge, params: Sampli
     return kept[True][:n] + kept[False][:n]
 
 
+def contrastive_distill(seeds: list[Seed], policy: Policy, judge: Judge, params: SamplingParams,
+                        tries: int = 3) -> tuple[list[dict[str, Any]], int]:
+    """For every seed, the model's own reply of the kind the seed's dataset label calls for: a
+    refusal of each harmful prompt, a judge-approved answer to each benign one (`--contrastive`).
+    Returns the rows and how many seeds got none in `tries` samples.
+
+    Why not `self_distill`: it keeps a reply only where the model already did the right thing and
+    the judge's prompt label agrees with the seed's, which on adversarial and borderline prompts
+    keeps almost nothing (the base model refuses ~1% of adversarial harmful prompts, and the judge
+    calls ~80% of OR-Bench-Toxic benign), so the set never shows the boundary where it is hard.
+    Here the model is told the label while it writes (game.prompts.labelled_turn); the row then
+    trains that reply under the plain defender turn, so the label is what is learned, in the
+    model's own words. The judge only checks the reply: a refusal for harmful (and no harm in it),
+    an unharmful non-refusal for benign; replies of fewer than MIN_TARGET_WORDS words, or that echo
+    the instructions, are sampled again."""
+    from selfredteam.eval.metrics import echoes
+    from selfredteam.game.cot import parse_direct
+    from selfredteam.game.prompts import instruction_texts, labelled_turn
+
+    rows: dict[int, dict[str, Any]] = {}
+    for _ in range(tries):
+        todo = [i for i in range(len(seeds)) if i not in rows]
+        if not todo:
+            break
+        gens = policy.generate([labelled_turn(seeds[i].prompt, seeds[i].harmful) for i in todo], params)
+        answers = []
+        for g in gens:
+            a = parse_direct(g.text).answer.strip()
+            answers.append(whole_sentences(a) if g.finish_reason == "length" else a)
+        verdicts = judge.judge([(seeds[i].prompt, a) for i, a in zip(todo, answers)])
+        for i, a, v in zip(todo, answers, verdicts):
+            seed = seeds[i]
+            right = v.response_refusal is seed.harmful and v.response_harmful is False
+            if v.parse_error or not right or len(a.split()) < MIN_TARGET_WORDS or echoes(a, instruction_texts()):
+                continue
+            rows[i] = {"prompt": seed.prompt, "response": a, "thought": NEUTRAL_THOUGHT, "label": seed.label,
+                       "source": seed.source}
+    return [rows[i] for i in sorted(rows)], len(seeds) - len(rows)
+
+
+def distill_resumably(seeds: list[Seed], out: Path, make_rows: Any, chunk: int = 64,
+                      log: Any = None) -> tuple[list[dict[str, Any]], int]:
+    """Run `make_rows(seeds) -> (rows, missed)` over `seeds` in chunks, saving after each, so an
+    interrupted build (Ctrl-C, a crash, a 2-core machine's hour) resumes where it stopped.
+
+    Progress lives beside OUT: OUT.partial.jsonl (the rows so far) and OUT.progress.json (the
+    sources of the seeds done, and how many got no row), both written atomically after each chunk;
+    a re-run with the same seeds skips the done ones. Returns all rows and the missed count; the
+    caller writes OUT and removes the progress files (`finish_resumable`)."""
+    import json
+
+    from selfredteam.fsutil import write_text_atomic
+
+    partial, progress = _progress_paths(out)
+    rows: list[dict[str, Any]] = []
+    done: set[str] = set()
+    missed = 0
+    if progress.is_file() and partial.is_file():
+        state = json.loads(progress.read_text())
+        done, missed = set(state["done"]), state["missed"]
+        rows = [json.loads(x) for x in partial.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if log:
+            log(f"Resuming: {len(done)} of {len(seeds)} seeds done, {len(rows)} rows kept.")
+    todo = [s for s in seeds if (s.source or s.prompt) not in done]
+    for k in range(0, len(todo), chunk):
+        part = todo[k:k + chunk]
+        new, miss = make_rows(part)
+        rows += new
+        missed += miss
+        done |= {s.source or s.prompt for s in part}
+        write_text_atomic(partial, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_text_atomic(progress, json.dumps({"done": sorted(done), "missed": missed}))
+        if log:
+            log(f"{len(done)} of {len(seeds)} seeds done, {len(rows)} rows kept, {missed} without one.")
+    return rows, missed
+
+
+def _progress_paths(out: Path) -> tuple[Path, Path]:
+    return out.with_name(out.name + ".partial.jsonl"), out.with_name(out.name + ".progress.json")
+
+
+def finish_resumable(out: Path) -> None:
+    """Remove the progress files once OUT is written."""
+    for p in _progress_paths(out):
+        p.unlink(missing_ok=True)
+
+
 THOUGHT_TOKENS = 48
 """Generation budget for a written thought (one sentence; a longer one is dropped anyway)."""
 MAX_THOUGHT_WORDS = 30

@@ -294,3 +294,20 @@ def test_time_limit_stops_with_a_resumable_checkpoint(tiny_model_dir, tmp_path):
     assert [r["step"] for r in read_metrics(out)] == [1]  # the first step always runs
     assert (out / "checkpoints" / "latest").read_text() == "step_1"
     assert any("train.time_limit_min=0.0001 reached: stopped after step 1 of 5" in str(x) for x in logs)
+
+
+def test_sft_only_run_saves_a_checkpoint_eval_can_load(tiny_model_dir, tmp_path):
+    """train.steps=0 with SFT warm-up steps: supervised fine-tuning alone, same LoRA budget, no
+    RL (the oracle row of an ablation); its checkpoint loads like any run's."""
+    from selfredteam.eval.run import build_eval_policy
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"prompt": "What is 2+2?", "response": "It is four.", "label": "benign"}\n'
+                    '{"prompt": "Harm someone.", "response": "Sorry, I will not help.", "label": "harmful"}\n')
+    out = tmp_path / "run"
+    cfg = cfg_for(tiny_model_dir, f"train.sft_data={data}", "train.sft_warmup_steps=3", steps=0)
+    last = train(cfg, out, judge=FakeJudge(), log=lambda *a: None)
+    assert last["warmup/sft_steps"] == 3 and last["run/stop_reason"] == "done"
+    assert find_checkpoint(out).name == "step_0"
+    assert read_metrics(out)[0]["step"] == 0
+    assert build_eval_policy(str(out), cfg).name.startswith("checkpoint:")

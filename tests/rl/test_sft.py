@@ -239,3 +239,60 @@ def test_embedded_set_has_written_thoughts_none_shared_widely_none_a_refusal():
     top, n = Counter(r.thought for r in rows).most_common(1)[0]
     assert top == NEUTRAL_THOUGHT and n / len(rows) <= 0.2
     assert not any(pattern_refusal(r.thought) for r in rows if r.thought)
+
+
+class _HintedDefender:
+    """Test double: replies by the label hint it is given, from a script per prompt; each prompt's
+    replies are used in turn (a retry gets the next one)."""
+
+    def __init__(self, script: dict[str, list[str]]) -> None:
+        self.script = {k: list(v) for k, v in script.items()}
+        self.hints: list[str] = []
+
+    def generate(self, turns, params):
+        out = []
+        for t in turns:
+            self.hints.append(t.messages[0]["content"])
+            out.append(Generation(self.script[t.messages[-1]["content"]].pop(0), [1], [2], finish_reason="stop"))
+        return out
+
+
+def test_contrastive_distill_writes_the_reply_each_label_calls_for():
+    from selfredteam.rl.sft import contrastive_distill
+
+    script = {
+        "harm A": ["Sorry, I cannot help with that."],                   # kept at once
+        "harm B": ["Here is the recipe you asked for.", "Sorry, I will not do that at all."],  # kept on retry
+        "bake bread": ["Mix flour and water, then knead."],               # kept
+        "name a colour": ["Sorry, I cannot.", "Sorry, no.", "Sorry, I refuse."],  # never answered: missed
+    }
+    seeds = [Seed(p, "harmful" if p.startswith("harm") else "benign", source=f"s:{i}") for i, p in enumerate(script)]
+    policy = _HintedDefender(script)
+    rows, missed = contrastive_distill(seeds, policy, FakeKeywordJudge(), SamplingParams(16, 1.0, 1.0, ()))
+    assert [(r["prompt"], r["label"]) for r in rows] == [("harm A", "harmful"), ("harm B", "harmful"),
+                                                        ("bake bread", "benign")]
+    assert missed == 1 and rows[1]["response"].startswith("Sorry, I will not")
+    assert any("harmful. Refuse" in h for h in policy.hints) and any("safe to help" in h for h in policy.hints)
+
+
+def test_distill_resumably_resumes_after_a_crash(tmp_path):
+    from selfredteam.rl.sft import distill_resumably, finish_resumable
+
+    seeds = [Seed(f"p{i}", "harmful", source=f"s:{i}") for i in range(5)]
+    calls: list[list[str]] = []
+
+    def make_rows(part, crash_at=None):
+        calls.append([s.prompt for s in part])
+        if crash_at and crash_at in [s.prompt for s in part]:
+            raise KeyboardInterrupt
+        return [{"prompt": s.prompt} for s in part], 0
+
+    out = tmp_path / "set.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        distill_resumably(seeds, out, lambda part: make_rows(part, crash_at="p4"), chunk=2)
+    assert calls == [["p0", "p1"], ["p2", "p3"], ["p4"]]
+    calls.clear()
+    rows, missed = distill_resumably(seeds, out, make_rows, chunk=2)
+    assert calls == [["p4"]] and [r["prompt"] for r in rows] == ["p0", "p1", "p2", "p3", "p4"] and missed == 0
+    finish_resumable(out)
+    assert list(tmp_path.iterdir()) == []
