@@ -211,7 +211,8 @@ def probe(
     model: Annotated[str, typer.Option(help="embedded | HF id/dir | a `train` run or checkpoint dir (needs local weights).")] = "embedded",
     splits: Annotated[str, typer.Option(help="Comma-separated: wjb-adversarial, wjb-vanilla, or-toxic-hard, xstest.")] = "wjb-adversarial,or-toxic-hard",
     layers: Annotated[str | None, typer.Option(help="Comma-separated layer indices (0 = embeddings); default: a quarter, half, three quarters and all of the depth.")] = None,
-    fit: Annotated[str | None, typer.Option(help="Labelled prompts to fit the transferred probe on: a seed source (`embedded`, `embedded:adversarial`, a file, comma-separated), or `none`. Default: the config's training pool (data.seeds + data.extra_seeds).")] = None,
+    fit: Annotated[list[str] | None, typer.Option(help="A labelled set to fit a transferred probe on (repeatable): seed sources joined by `+` (`embedded`, `embedded:adversarial`, `embedded:borderline`, a file), or `none`. Default: the config's training pool (data.seeds + data.extra_seeds).")] = None,
+    fit_per_class: Annotated[int | None, typer.Option(help="At most this many harmful and this many benign prompts of each fit set (seeded sample).")] = None,
     per_class: Annotated[int | None, typer.Option(help="At most this many harmful and this many benign prompts per split (seeded sample).")] = None,
     folds: int = 5,
     behaviour: Annotated[bool, typer.Option(help="Also answer the prompts and measure the behavioural J (generation: the slow part).")] = True,
@@ -226,17 +227,24 @@ def probe(
     from benign prompts (in distribution, and transferred from the training pool), beside the
     model's behavioural J (refusal on harmful minus on benign) on the same prompts."""
     from selfredteam.data import load_pool
-    from selfredteam.eval.probe import default_cache_root, probe_markdown, run_probe, write_result
+    from selfredteam.eval.probe import (
+        default_cache_root,
+        probe_markdown,
+        run_probe,
+        sample_per_class,
+        write_result,
+    )
     from selfredteam.eval.run import answer_prompts, build_eval_policy
     from selfredteam.policy.base import sampling_params
 
     cfg = config_from(preset, config, set_)
     split_names = [x.strip() for x in splits.split(",") if x.strip()]
-    fit_seeds, fit_name = None, ""
-    if fit != "none":
-        specs = [x.strip() for x in fit.split(",")] if fit else [cfg.data.seeds, *cfg.data.extra_seeds]
-        fit_seeds = [s for spec in specs for s in load_pool(cfg.data, spec)]
-        fit_name = "+".join(specs)
+    fits = {}
+    for name in fit or ["+".join([cfg.data.seeds, *cfg.data.extra_seeds])]:
+        if name == "none":
+            continue
+        seeds = [s for spec in name.split("+") for s in load_pool(cfg.data, spec.strip())]
+        fits[name] = sample_per_class(seeds, fit_per_class, f"{cfg.run.seed}:{name}", lambda s: s.harmful)
     announce_runtime(eval_model_config(model, cfg), cfg.run.threads, out)
     with console.status(f"Loading {model}..."):
         policy = build_eval_policy(model, cfg)
@@ -257,7 +265,7 @@ def probe(
     status = console.status("Reading hidden states...")
     status.start()
     try:
-        result = run_probe(policy, split_names, layer_ids, fit=fit_seeds, fit_name=fit_name, per_class=per_class,
+        result = run_probe(policy, split_names, layer_ids, fits=fits, per_class=per_class,
                            folds=folds, seed=cfg.run.seed, cache_root=cache_dir or default_cache_root(), answer=answer,
                            progress=lambda what, k, n: status.update(f"Hidden states: {what} {k}/{n}"))
     finally:

@@ -273,22 +273,28 @@ def behaviour(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "j": (harm["rate"] - ben["rate"]) if harm["n"] and ben["n"] else None}
 
 
-def probe_split(features: dict[int, np.ndarray], y: np.ndarray, fit: tuple[dict[int, np.ndarray], np.ndarray] | None,
+Fitted = dict[str, tuple[dict[int, np.ndarray], np.ndarray]]
+"""Fit sets for transfer: name -> (features per layer, labels)."""
+
+
+def probe_split(features: dict[int, np.ndarray], y: np.ndarray, fits: Fitted | None = None,
                 k: int = 5, seed: int = 0) -> list[dict[str, Any]]:
-    """One row per layer: in-distribution and (when a fit set is given) transferred scores."""
+    """One row per layer: in-distribution scores, and the transferred scores from each fit set."""
     rows = []
     for layer, x in sorted(features.items()):
-        row: dict[str, Any] = {"layer": layer, "in_distribution": asdict(cross_validated(x, y, k, seed))}
-        if fit is not None:
-            row["transferred"] = asdict(transferred(fit[0][layer], fit[1], x, y))
+        row: dict[str, Any] = {"layer": layer, "in_distribution": asdict(cross_validated(x, y, k, seed)),
+                               "transferred": {name: asdict(transferred(f[layer], fy, x, y))
+                                               for name, (f, fy) in (fits or {}).items()}}
         rows.append(row)
     return rows
 
 
 def probe_markdown(result: dict[str, Any]) -> list[str]:
     """The result as a markdown table per split (CLI, BENCHMARKS.md and the HTML report)."""
-    lines = [f"Model `{result['model']}`; fit set for transfer: {result.get('fit') or 'none'}; "
-             f"{result['folds']}-fold cross-validation in distribution.", ""]
+    fits = result.get("fits") or {}
+    sizes = "; ".join(f"`{n}` ({c['harmful']} harmful, {c['benign']} benign)" for n, c in fits.items())
+    lines = [f"Model `{result['model']}`; {result['folds']}-fold cross-validation in distribution; "
+             f"transfer fitted on: {sizes or 'none'}.", ""]
     for name, split in result["splits"].items():
         b = split.get("behaviour")
         bj = "not measured"
@@ -296,13 +302,16 @@ def probe_markdown(result: dict[str, Any]) -> list[str]:
             bj = f"{b['j']:+.2f}"
             if "refusal_harmful" in b:
                 bj += f" (refusal {b['refusal_harmful']['rate']:.2f} harmful, {b['refusal_benign']['rate']:.2f} benign)"
+        cols = ["layer", "AUC in-dist", "J in-dist", *(f"AUC / J (TPR, FPR) from `{n}`" for n in fits)]
         lines += [f"**{name}** ({split['n_harmful']} harmful, {split['n_benign']} benign): behavioural J {bj}", "",
-                  "| layer | AUC in-dist | J in-dist | AUC transferred | J transferred (TPR / FPR) |",
-                  "|---|---|---|---|---|"]
+                  "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
         for r in split["layers"]:
-            i, t = r["in_distribution"], r.get("transferred")
-            tr = f"{t['auc']:.2f} | {t['j']:+.2f} ({t['tpr']:.2f} / {t['fpr']:.2f})" if t else "- | -"
-            lines.append(f"| {r['layer']} | {i['auc']:.2f} | {i['j']:+.2f} | {tr} |")
+            i = r["in_distribution"]
+            cells = [str(r["layer"]), f"{i['auc']:.2f}", f"{i['j']:+.2f}"]
+            for n in fits:
+                t = r.get("transferred", {}).get(n)
+                cells.append(f"{t['auc']:.2f} / {t['j']:+.2f} ({t['tpr']:.2f}, {t['fpr']:.2f})" if t else "-")
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
@@ -314,8 +323,20 @@ def write_result(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
     return out / "probe.json", out / "probe.md"
 
 
+def sample_per_class(items: list[Any], per_class: int | None, key: str, harmful: Callable[[Any], bool]) -> list[Any]:
+    """At most `per_class` items of each class, a seeded sample per class (`key` seeds it)."""
+    if not per_class:
+        return list(items)
+    out = []
+    for cls in (True, False):
+        group = [x for x in items if harmful(x) == cls]
+        out += random.Random(f"{key}:{cls}").sample(group, per_class) if per_class < len(group) else group
+    return out
+
+
 def split_prompts(name: str, per_class: int | None = None, seed: int = 0) -> list[Any]:
-    """The harmful and benign EvalPrompts of a probe split, each class sampled to `per_class`."""
+    """The harmful and benign EvalPrompts of a probe split, each class sampled to `per_class` the
+    way `eval --per-subset` samples a subset (the same seed gives the same prompts)."""
     from selfredteam.eval.benchmarks import load_benchmark
 
     if name not in PROBE_SPLITS:
@@ -324,17 +345,17 @@ def split_prompts(name: str, per_class: int | None = None, seed: int = 0) -> lis
     for bench, subset in PROBE_SPLITS[name]:
         items = [p for p in load_benchmark(bench) if p.subset == subset]
         if per_class and per_class < len(items):
-            items = random.Random(f"{seed}:{name}:{subset}").sample(items, per_class)
+            items = random.Random(f"{seed}:{subset}").sample(items, per_class)
         out += items
     return out
 
 
-def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fit: Sequence[Any] | None = None,
-              fit_name: str = "", per_class: int | None = None, folds: int = 5, seed: int = 0,
-              cache_root: Path | None = None, answer: Callable[[str, list[Any]], list[dict[str, Any]]] | None = None,
+def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fits: dict[str, list[Any]] | None = None,
+              per_class: int | None = None, folds: int = 5, seed: int = 0, cache_root: Path | None = None,
+              answer: Callable[[str, list[Any]], list[dict[str, Any]]] | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Probe scores per split and layer (in-distribution, and transferred from `fit`, a list of
-    Seeds), plus the behavioural J from `answer` (split name, its prompts -> `eval` rows)."""
+    """Probe scores per split and layer (in-distribution, and transferred from each of `fits`,
+    name -> Seeds), plus the behavioural J from `answer` (split name, its prompts -> `eval` rows)."""
     if getattr(policy, "model", None) is None or not hasattr(policy, "encode"):
         raise UserError(f"probe reads hidden states: {policy.name} is not a local transformers model "
                         "(use an HF id or dir, `embedded`, or a `train` run dir).")
@@ -350,13 +371,16 @@ def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fit:
 
         return prompt_features(policy, texts, layers, cache, progress=tick)
 
-    fitted = None
-    if fit:
-        fitted = (feats("fit set", [s.prompt for s in fit]), np.array([s.harmful for s in fit], dtype=int))
-    result: dict[str, Any] = {"model": policy.name, "fit": fit_name or None, "layers": list(layers),
-                              "folds": folds, "splits": {}}
-    if fit:
-        result["n_fit"] = {"harmful": int(fitted[1].sum()), "benign": int(len(fitted[1]) - fitted[1].sum())}  # type: ignore[index]
+    fitted: Fitted = {}
+    for name, seeds in (fits or {}).items():
+        labels = np.array([s.harmful for s in seeds], dtype=int)
+        if len(set(labels.tolist())) < 2:
+            raise UserError(f"Fit set {name} has one class only ({len(seeds)} seeds): a probe needs harmful and "
+                            "benign prompts (join a pool of the other class, e.g. embedded+embedded:borderline).")
+        fitted[name] = (feats(f"fit set {name}", [s.prompt for s in seeds]), labels)
+    result: dict[str, Any] = {"model": policy.name, "layers": list(layers), "folds": folds, "splits": {},
+                              "fits": {n: {"harmful": int(fy.sum()), "benign": int(len(fy) - fy.sum())}
+                                       for n, (_, fy) in fitted.items()}}
     for name in splits:
         prompts = split_prompts(name, per_class, seed)
         y = np.array([p.label == "harmful" for p in prompts], dtype=int)

@@ -14,6 +14,7 @@ from selfredteam.eval.probe import (
     probe_split,
     prompt_features,
     roc_auc,
+    sample_per_class,
     split_prompts,
     transferred,
     youden,
@@ -67,16 +68,16 @@ def test_transfer_fails_when_the_boundary_moves():
 
 def test_probe_split_rows_and_markdown():
     x, y = _blobs(30, 4, 2.0, 4)
-    rows = probe_split({6: x, 12: x}, y, ({6: x, 12: x}, y), k=3)
-    assert [r["layer"] for r in rows] == [6, 12] and "transferred" in rows[0]
-    result = {"model": "m", "fit": "embedded", "folds": 3, "splits": {"s": {
+    rows = probe_split({6: x, 12: x}, y, {"embedded": ({6: x, 12: x}, y)}, k=3)
+    assert [r["layer"] for r in rows] == [6, 12] and "embedded" in rows[0]["transferred"]
+    result = {"model": "m", "fits": {"embedded": {"harmful": 30, "benign": 30}}, "folds": 3, "splits": {"s": {
         "n_harmful": 30, "n_benign": 30, "layers": rows,
         "behaviour": behaviour([{"label": "harmful", "judge": {"response_refusal": True}},
                                 {"label": "benign", "judge": {"response_refusal": False}},
                                 {"label": "benign", "judge": {"response_refusal": None}}])}}}
     assert result["splits"]["s"]["behaviour"]["j"] == 1.0
     md = "\n".join(probe_markdown(result))
-    assert "| 6 |" in md and "behavioural J +1.00" in md
+    assert "| 6 |" in md and "behavioural J +1.00" in md and "from `embedded`" in md
 
 
 def test_every_split_ships_both_classes():
@@ -147,5 +148,12 @@ def test_probe_on_the_embedded_model(tmp_path):
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "probe.json").read_text())
     layer = r["splits"]["wjb-adversarial"]["layers"][0]
-    assert layer["layer"] == 12 and layer["in_distribution"]["auc"] > 0.7 and "transferred" in layer
+    assert layer["layer"] == 12 and layer["in_distribution"]["auc"] > 0.7 and str(fit) in layer["transferred"]
     assert (tmp_path / "probe.md").is_file()
+
+
+def test_sample_per_class_is_seeded_and_capped():
+    items = [(i, i % 3 == 0) for i in range(30)]
+    a = sample_per_class(items, 4, "k", lambda x: x[1])
+    assert sum(x[1] for x in a) == 4 and len(a) == 8 and a == sample_per_class(items, 4, "k", lambda x: x[1])
+    assert len(sample_per_class(items, None, "k", lambda x: x[1])) == 30

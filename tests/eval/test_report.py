@@ -35,9 +35,10 @@ def fake_run(root, name, n_steps=6):
          "delta_J": {"value": 0.3, "low": 0.1, "high": 0.5}, "delta_harmful_refusal": j, "delta_over_refusal": j}]}))
     score = {"auc": 0.91, "j": 0.62, "tpr": 0.8, "fpr": 0.18}
     (run / "probe").mkdir()
-    (run / "probe" / "probe.json").write_text(json.dumps({"model": "m", "fit": "embedded", "folds": 5, "splits": {
-        "wjb-adversarial": {"n_harmful": 20, "n_benign": 20, "behaviour": {"j": 0.05},
-                            "layers": [{"layer": 12, "in_distribution": score, "transferred": score | {"j": 0.0}}]}}}))
+    (run / "probe" / "probe.json").write_text(json.dumps({
+        "model": "m", "fits": {"embedded": {"harmful": 9, "benign": 9}}, "folds": 5, "splits": {
+            "wjb-adversarial": {"n_harmful": 20, "n_benign": 20, "behaviour": {"j": 0.05}, "layers": [
+                {"layer": 12, "in_distribution": score, "transferred": {"embedded": score | {"j": 0.0}}}]}}}))
     return run
 
 
@@ -55,7 +56,7 @@ def test_report_is_self_contained(tmp_path):
     # the monitor's window of 3: a top-answer share of 0.9 from step 3 trips from step 4 (mean of steps 2-4 is 0.63)
     assert "| monitor/top_answer_share | 0.740 | >= 0.5 | 4, 5, 6 |" in md
     assert "Knows vs acts: selfplay / probe" in text and "behavioural J +0.05" in text
-    assert "| 12 | 0.91 | +0.62 | 0.91 | +0.00 (0.80 / 0.18) |" in md
+    assert "| 12 | 0.91 | +0.62 | 0.91 / +0.00 (0.80, 0.18) |" in md
 
 
 # Skipped on a dev machine without Chromium; in CI (.ci/run installs it) a missing browser fails.
