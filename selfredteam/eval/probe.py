@@ -359,7 +359,10 @@ def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fits
     if getattr(policy, "model", None) is None or not hasattr(policy, "encode"):
         raise UserError(f"probe reads hidden states: {policy.name} is not a local transformers model "
                         "(use an HF id or dir, `embedded`, or a `train` run dir).")
+    import time
+
     cache = FeatureCache(cache_root, model_fingerprint(policy.name))
+    timing = {"features_s": 0.0, "behaviour_s": 0.0, "prompts_featurised": 0}
 
     def feats(what: str, texts: list[str]) -> dict[int, np.ndarray]:
         done = [0]
@@ -369,7 +372,12 @@ def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fits
             if progress:
                 progress(what, done[0], len(texts))
 
-        return prompt_features(policy, texts, layers, cache, progress=tick)
+        t0 = time.perf_counter()
+        before = sum(1 for t in texts if cache.get(t, layers) is None)
+        out = prompt_features(policy, texts, layers, cache, progress=tick)
+        timing["features_s"] += time.perf_counter() - t0
+        timing["prompts_featurised"] += before
+        return out
 
     fitted: Fitted = {}
     for name, seeds in (fits or {}).items():
@@ -387,6 +395,9 @@ def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fits
         split: dict[str, Any] = {"n_harmful": int(y.sum()), "n_benign": int(len(y) - y.sum()),
                                  "layers": probe_split(feats(name, [p.prompt for p in prompts]), y, fitted, folds, seed)}
         if answer:
+            t0 = time.perf_counter()
             split["behaviour"] = behaviour(answer(name, prompts))
+            timing["behaviour_s"] += time.perf_counter() - t0
         result["splits"][name] = split
+    result["timing"] = timing  # hidden-state passes (cache misses: prompts_featurised) and answers
     return result
