@@ -295,6 +295,9 @@ def probe_markdown(result: dict[str, Any]) -> list[str]:
     sizes = "; ".join(f"`{n}` ({c['harmful']} harmful, {c['benign']} benign)" for n, c in fits.items())
     lines = [f"Model `{result['model']}`; {result['folds']}-fold cross-validation in distribution; "
              f"transfer fitted on: {sizes or 'none'}.", ""]
+    if t := result.get("timing"):
+        lines[-1:-1] = [f"Hidden states of {t['prompts_featurised']} prompts (the rest from the cache) in "
+                        f"{t['features_s']:.0f} s; answers for the behavioural J in {t['behaviour_s']:.0f} s.", ""]
     for name, split in result["splits"].items():
         b = split.get("behaviour")
         bj = "not measured"
