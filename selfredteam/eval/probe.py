@@ -296,7 +296,7 @@ def probe_markdown(result: dict[str, Any]) -> list[str]:
     lines = [f"Model `{result['model']}`; {result['folds']}-fold cross-validation in distribution; "
              f"transfer fitted on: {sizes or 'none'}.", ""]
     if t := result.get("timing"):
-        lines[-1:-1] = [f"Hidden states of {t['prompts_featurised']} prompts (the rest from the cache) in "
+        lines += [f"Hidden states of {t['prompts_featurised']} prompts (the rest from the cache) in "
                         f"{t['features_s']:.0f} s; answers for the behavioural J in {t['behaviour_s']:.0f} s.", ""]
     for name, split in result["splits"].items():
         b = split.get("behaviour")
