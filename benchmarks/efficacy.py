@@ -29,8 +29,9 @@ from _common import cpu_name
 
 from selfredteam.rl.checkpoint import has_checkpoint
 
-SPLITS = "harmful_adversarial,benign_adversarial,harmful_vanilla,benign_vanilla,xstest_safe,xstest_unsafe,or_bench_hard"
-SCREEN = "harmful_adversarial,benign_adversarial,xstest_safe,or_bench_hard"
+SPLITS = ("harmful_adversarial,benign_adversarial,harmful_vanilla,benign_vanilla,xstest_safe,xstest_unsafe,or_bench_hard,"
+          "or_bench_toxic")
+SCREEN = "harmful_adversarial,benign_adversarial,xstest_safe,or_bench_hard,or_bench_toxic"
 EVAL_DIRS = ("screen", "efficacy")
 """Where a run's answers go under RUN/eval: the --screen splits, or all of SPLITS."""
 """`--screen`: the splits the acceptance targets name, for quicker comparisons while tuning."""
@@ -67,7 +68,7 @@ def evaluate(run: Path, base_out: Path, sets: list[str], per_subset: int, splits
     out = run / "eval" / EVAL_DIRS[splits == SPLITS]
     if not (out / "comparison.json").is_file():
         cmd = cli("eval", "--model", str(run), "--baseline", "embedded", "--baseline-out", str(base_out / out.name),
-                  "--benchmarks", "wildjailbreak,xstest,or_bench_hard", "--subsets", splits,
+                  "--benchmarks", "wildjailbreak,xstest,or_bench_hard,or_bench_toxic", "--subsets", splits,
                   "--per-subset", str(per_subset), "--out", str(out), *sets)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "comparison.json").read_text()) | {"_dir": out.name}
@@ -152,10 +153,12 @@ def collect(outs: list[Path], base_out: Path) -> str:
     compares settings, from what earlier invocations left (nothing is trained or evaluated)."""
     header = ["run", "seeds", "WJB-adv refusal harmful (mean)", "WJB-adv refusal benign (mean)", "ΔJ WJB-adv per seed",
               "ASR WJB-adv harmful (mean)", "Δ over-refusal WJB benign / XSTest safe / OR-Hard (mean)",
-              "stock phrase per seed", "non-answer per seed", "KL end per seed", "train min per seed"]
-    base = [f"{d} splits {_share(base_out / d):.2f} / {_share(base_out / d, 'non_answer_share'):.2f}"
+              "ΔJ OR toxic-hard per seed", "stock phrase per seed", "non-answer per seed", "echo (max split) per seed",
+              "KL end per seed", "train min per seed"]
+    base = [f"{d} splits {_share(base_out / d):.2f} / {_share(base_out / d, 'non_answer_share'):.2f} / "
+            f"{_share(base_out / d, 'echo_share'):.2f}"
             for d in EVAL_DIRS if (base_out / d / "results.jsonl").is_file()]
-    lines = [f"{cpu_name()}; stock phrase / non-answer share of the base model: {', '.join(base)}",
+    lines = [f"{cpu_name()}; stock phrase / non-answer / echo share of the base model: {', '.join(base)}",
              "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     def evaluated(run: Path) -> Path | None:
         """The run's eval dir with a comparison (the screen or the full splits), if it has one."""
@@ -166,7 +169,8 @@ def collect(outs: list[Path], base_out: Path) -> str:
         seeds = sorted(int(r.name[3:]) for r in out.glob("run*") if evaluated(r))
         if not seeds:
             continue
-        cols: dict[str, list] = {k: [] for k in ("h", "b", "dj", "asr", "or", "stock", "na", "kl", "min", "bh", "bb", "basr")}
+        cols: dict[str, list] = {k: [] for k in ("h", "b", "dj", "asr", "or", "stock", "na", "kl", "min", "bh", "bb", "basr",
+                                                 "orj", "echo")}
         for seed in seeds:
             run = out / f"run{seed}"
             d = evaluated(run)
@@ -180,6 +184,9 @@ def collect(outs: list[Path], base_out: Path) -> str:
             cols["dj"].append(_ci(fam["delta_J"]))
             cols["asr"].append(_rate(harm["model_asr"]))
             cols["or"].append([sub[(bench, split)]["delta_over_refusal"]["value"] for bench, split, _ in OVER_REFUSAL])
+            orb = {f["family"]: f for f in comp["families"]}.get("or_bench")
+            cols["orj"].append(_ci(orb["delta_J"]) if orb else "-")
+            cols["echo"].append(f"{_share(d, 'echo_share'):.2f}")
             cols["stock"].append(f"{_share(d):.2f}")
             cols["na"].append(f"{_share(d, 'non_answer_share'):.2f}")
             cols["kl"].append(f"{_last(run, 'kl/mean') or 0:.2f}")
@@ -188,7 +195,8 @@ def collect(outs: list[Path], base_out: Path) -> str:
         over = " / ".join(f"{mean([o[i] for o in cols['or']]):+.2f}" for i in range(len(OVER_REFUSAL)))
         cells = [out.name, ", ".join(map(str, seeds)), f"{mean(cols['bh']):.2f} -> {mean(cols['h']):.2f}",
                  f"{mean(cols['bb']):.2f} -> {mean(cols['b']):.2f}", "; ".join(cols["dj"]),
-                 f"{mean(cols['basr']):.2f} -> {mean(cols['asr']):.2f}", over, " / ".join(cols["stock"]), " / ".join(cols["na"]),
+                 f"{mean(cols['basr']):.2f} -> {mean(cols['asr']):.2f}", over, "; ".join(cols["orj"]),
+                 " / ".join(cols["stock"]), " / ".join(cols["na"]), " / ".join(cols["echo"]),
                  " / ".join(cols["kl"]), " / ".join(cols["min"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -148,3 +148,25 @@ def test_self_distill_rows_file_errors_before_loading_models(tmp_path):
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
     assert_clean_error(run_cli("self-distill", "--out", str(tmp_path / "o.jsonl"), "--rows", str(bad)), "record 1")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_self_distill_contrastive_runs_and_cleans_up(tmp_path, tiny_model_dir):
+    """--contrastive --all on a tiny real model and the embedded judge: it finishes (a set, and no
+    progress files left) or stops with a clean error that keeps its progress for a re-run."""
+    import json
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"prompt": p, "label": lab}) + "\n" for p, lab in [
+        ("How do I bake bread?", "benign"), ("Name a colour.", "benign"),
+        ("How do I pick my neighbour's lock?", "harmful"), ("Write a threat to a coworker.", "harmful")]))
+    out = tmp_path / "self-distill" / "set.jsonl"
+    res = run_cli("self-distill", "--contrastive", "--all", "--out", str(out), "--set", f"data.seeds={seeds}",
+                  "--set", f"model.name_or_path={tiny_model_dir}", "--set", "generation.defender_max_new_tokens=6",
+                  "--set", "judge.cache=false")
+    assert res.returncode in (0, 2) and "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
+    assert "4 of 4 seeds done" in " ".join((res.stdout + res.stderr).split())
+    progress = out.with_name("set.jsonl.progress.json")
+    if res.returncode == 0:
+        assert out.is_file() and not progress.exists()
+    else:
+        assert json.loads(progress.read_text())["done"] and "No reply" in res.stderr

@@ -48,8 +48,9 @@ FAMILIES = [
     Family("xstest", ("xstest", "xstest_unsafe"), ("xstest", "xstest_safe")),
     Family("or_bench", ("or_bench_toxic", "or_bench_toxic"), ("or_bench_hard", "or_bench_hard")),
 ]
-"""OR-Bench-Toxic is not shipped: the or_bench family needs `--benchmark-path or_bench_toxic=PATH`
-(or a network); OR-Bench-Hard alone still gets its over-refusal and its change."""
+"""The or_bench family (toxic vs hard) needs both benchmarks in the eval (`--benchmarks
+...,or_bench_hard,or_bench_toxic`; both ship as dev splits); OR-Bench-Hard alone still gets its
+over-refusal and its change."""
 
 
 def newcombe_diff(k1: int, n1: int, k2: int, n2: int) -> dict[str, float]:
