@@ -216,6 +216,7 @@ def probe(
     per_class: Annotated[int | None, typer.Option(help="At most this many harmful and this many benign prompts per split (seeded sample).")] = None,
     folds: int = 5,
     behaviour: Annotated[bool, typer.Option(help="Also answer the prompts and measure the behavioural J (generation: the slow part).")] = True,
+    reuse_answers: Annotated[list[Path] | None, typer.Option(help="An `eval` results.jsonl of the same model whose answers are reused for the behavioural J (repeatable; read only).")] = None,
     out: Annotated[Path, typer.Option(help="Where probe.json, probe.md and the answers go.")] = Path("runs/probe"),
     cache_dir: Annotated[Path | None, typer.Option(help="Feature cache (default: the user cache dir).")] = None,
     preset: PresetOpt = "cpu-demo",
@@ -260,7 +261,8 @@ def probe(
 
         def answer(name: str, prompts: list[Any]) -> list[dict[str, Any]]:
             status.update(f"{name}: answering and judging {len(prompts)} prompts (behavioural J)...")
-            return answer_prompts(policy, judge, {name: prompts}, cfg.game.cot, params, out / "answers" / name)
+            return answer_prompts(policy, judge, {name: prompts}, cfg.game.cot, params, out / "answers" / name,
+                                  reuse=reuse_answers or [])
 
     status = console.status("Reading hidden states...")
     status.start()

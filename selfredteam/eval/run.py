@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,13 +115,16 @@ def _cache_key(model: str, prompt: str, cot: bool, max_new_tokens: int) -> str:
 
 
 def answer_prompts(policy: Policy, judge: Judge, benchmarks: dict[str, list[EvalPrompt]], cot: bool,
-                   params: SamplingParams, out: Path | None = None) -> list[dict[str, Any]]:
+                   params: SamplingParams, out: Path | None = None, reuse: Sequence[Path] = ()) -> list[dict[str, Any]]:
     """Per prompt: the model's answer and the judge's labels, generated or reused from
-    OUT/results.jsonl (same model, prompt, CoT setting and generation length), and written back."""
+    OUT/results.jsonl or any `reuse` file of the same kind (read only; same model, prompt, CoT
+    setting and generation length), and written back to OUT."""
     cache: dict[str, dict[str, Any]] = {}
     results_path = out / "results.jsonl" if out else None
-    if results_path and results_path.is_file():
-        for line in results_path.read_text(encoding="utf-8").splitlines():
+    for path in [*reuse, *([results_path] if results_path else [])]:
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
             r = json.loads(line)
             cache[_cache_key(r["model"], r["prompt"], r["cot"], r["max_new_tokens"])] = r
     items = [(b, p) for b, ps in benchmarks.items() for p in ps]

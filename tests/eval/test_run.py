@@ -103,3 +103,17 @@ def test_a_subset_sample_does_not_depend_on_the_other_subsets():
     alone = select_prompts(sets, ["harmful_adversarial"], 50)["wj"]
     both = select_prompts(sets, None, 50)["wj"]
     assert alone == [p for p in both if p.subset == "harmful_adversarial"]
+
+
+def test_answers_reused_read_only_from_another_results_file(tmp_path):
+    from selfredteam.eval.run import answer_prompts
+
+    policy = FakePolicy("unused", "t </think><answer>Sure, here it is.</answer>")
+    sets = {"b": [EvalPrompt("p1", "harmful", "h", "x:1"), EvalPrompt("p2", "benign", "s", "x:2")]}
+    answer_prompts(policy, FakeJudge(), {"b": sets["b"][:1]}, True, SamplingParams(8), tmp_path / "eval")
+    other = tmp_path / "eval" / "results.jsonl"
+    before = other.read_text()
+    policy.calls.clear()
+    rows = answer_prompts(policy, FakeJudge(), sets, True, SamplingParams(8), tmp_path / "probe", reuse=[other])
+    assert [len(c) for c in policy.calls] == [1]  # only p2 was generated
+    assert [r["prompt"] for r in rows] == ["p1", "p2"] and other.read_text() == before
