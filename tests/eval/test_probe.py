@@ -129,8 +129,8 @@ def test_fingerprint_changes_when_weights_change(tmp_path):
 
 @pytest.mark.slow
 def test_probe_on_the_embedded_model(tmp_path):
-    """The real model, a small sample: features separate WJB adversarial harmful from benign
-    in distribution; the command writes its JSON and table."""
+    """The real model, a small sample (short prompts, so it stays quick): features separate WJB
+    vanilla harmful from benign in distribution; the command writes its JSON and table."""
     import json
 
     from typer.testing import CliRunner
@@ -142,13 +142,13 @@ def test_probe_on_the_embedded_model(tmp_path):
     fit = tmp_path / "fit.jsonl"
     rows = [s for s in seeds if s.harmful][:16] + [s for s in seeds if not s.harmful][:16]
     fit.write_text("".join(json.dumps({"prompt": s.prompt, "label": s.label}) + "\n" for s in rows))
-    res = CliRunner().invoke(app, ["probe", "--splits", "wjb-adversarial", "--per-class", "24", "--layers", "12",
+    res = CliRunner().invoke(app, ["probe", "--splits", "wjb-vanilla", "--per-class", "40", "--layers", "24",
                                    "--fit", str(fit), "--no-behaviour", "--out", str(tmp_path),
                                    "--cache-dir", str(tmp_path / "cache"), "--folds", "3"])
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "probe.json").read_text())
-    layer = r["splits"]["wjb-adversarial"]["layers"][0]
-    assert layer["layer"] == 12 and layer["in_distribution"]["auc"] > 0.7 and str(fit) in layer["transferred"]
+    layer = r["splits"]["wjb-vanilla"]["layers"][0]
+    assert layer["layer"] == 24 and layer["in_distribution"]["auc"] > 0.75 and str(fit) in layer["transferred"]
     assert (tmp_path / "probe.md").is_file()
 
 
