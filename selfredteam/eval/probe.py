@@ -309,32 +309,46 @@ def probe_split(features: dict[int, np.ndarray], y: np.ndarray, fits: Fitted | N
     return rows
 
 
+def behaviour_text(split: dict[str, Any]) -> str:
+    """The split's behavioural J (and its refusal rates when known), as one phrase."""
+    b = split.get("behaviour") or {}
+    if b.get("j") is None:
+        return "not measured"
+    text = f"{b['j']:+.2f}"
+    if "refusal_harmful" in b:
+        text += f" (refusal {b['refusal_harmful']['rate']:.2f} harmful, {b['refusal_benign']['rate']:.2f} benign)"
+    return text
+
+
+def probe_table(result: dict[str, Any], split: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One split's table as (column names, rows of cells), for the markdown and the HTML report."""
+    fits = list(result.get("fits") or {})
+    cols = ["layer", "AUC in-dist", "J in-dist", *(f"AUC / J (TPR, FPR) from `{n}`" for n in fits)]
+    rows = []
+    for r in split["layers"]:
+        i = r["in_distribution"]
+        cells = [str(r["layer"]), f"{i['auc']:.2f}", f"{i['j']:+.2f}"]
+        for n in fits:
+            t = r.get("transferred", {}).get(n)
+            cells.append(f"{t['auc']:.2f} / {t['j']:+.2f} ({t['tpr']:.2f}, {t['fpr']:.2f})" if t else "-")
+        rows.append(cells)
+    return cols, rows
+
+
 def probe_markdown(result: dict[str, Any]) -> list[str]:
-    """The result as a markdown table per split (CLI, BENCHMARKS.md and the HTML report)."""
+    """The result as a markdown table per split (CLI, BENCHMARKS.md and the report's Markdown)."""
     fits = result.get("fits") or {}
     sizes = "; ".join(f"`{n}` ({c['harmful']} harmful, {c['benign']} benign)" for n, c in fits.items())
     lines = [f"Model `{result['model']}`; {result['folds']}-fold cross-validation in distribution; "
              f"transfer fitted on: {sizes or 'none'}.", ""]
     if t := result.get("timing"):
         lines += [f"Hidden states of {t['prompts_featurised']} prompts (the rest from the cache) in "
-                        f"{t['features_s']:.0f} s; answers for the behavioural J in {t['behaviour_s']:.0f} s.", ""]
+                  f"{t['features_s']:.0f} s; answers for the behavioural J in {t['behaviour_s']:.0f} s.", ""]
     for name, split in result["splits"].items():
-        b = split.get("behaviour")
-        bj = "not measured"
-        if b and b.get("j") is not None:
-            bj = f"{b['j']:+.2f}"
-            if "refusal_harmful" in b:
-                bj += f" (refusal {b['refusal_harmful']['rate']:.2f} harmful, {b['refusal_benign']['rate']:.2f} benign)"
-        cols = ["layer", "AUC in-dist", "J in-dist", *(f"AUC / J (TPR, FPR) from `{n}`" for n in fits)]
-        lines += [f"**{name}** ({split['n_harmful']} harmful, {split['n_benign']} benign): behavioural J {bj}", "",
-                  "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
-        for r in split["layers"]:
-            i = r["in_distribution"]
-            cells = [str(r["layer"]), f"{i['auc']:.2f}", f"{i['j']:+.2f}"]
-            for n in fits:
-                t = r.get("transferred", {}).get(n)
-                cells.append(f"{t['auc']:.2f} / {t['j']:+.2f} ({t['tpr']:.2f}, {t['fpr']:.2f})" if t else "-")
-            lines.append("| " + " | ".join(cells) + " |")
+        cols, rows = probe_table(result, split)
+        lines += [f"**{name}** ({split['n_harmful']} harmful, {split['n_benign']} benign): behavioural J "
+                  f"{behaviour_text(split)}", "", "| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
         lines.append("")
     return lines
 

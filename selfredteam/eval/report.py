@@ -21,7 +21,7 @@ from typing import Any
 from selfredteam.errors import UserError
 from selfredteam.eval.compare import fmt_interval
 from selfredteam.eval.metrics import Rate
-from selfredteam.eval.probe import probe_markdown
+from selfredteam.eval.probe import behaviour_text, probe_markdown, probe_table
 
 CURVES = [
     ("reward/defender_mean", "defender mean reward"),
@@ -96,22 +96,14 @@ def _probes(run: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _probe_html(title: str, result: dict[str, Any]) -> list[str]:
-    fits = list(result.get("fits") or {})
     h = [f"<h2>{html.escape(title)}</h2><p>Does a linear probe on the hidden states tell harmful from benign "
          "prompts (AUC, and J = TPR - FPR at its threshold), in distribution (k-fold) and transferred from each "
          "fit set, and does the model act on it (behavioural J)?</p>"]
     for name, split in result["splits"].items():
-        b = split.get("behaviour") or {}
-        bj = f"{b['j']:+.2f}" if b.get("j") is not None else "not measured"
-        h.append(f"<h3>{html.escape(name)}: behavioural J {bj}</h3><table><tr><th>layer</th><th>AUC in-dist</th>"
-                 "<th>J in-dist</th>" + "".join(f"<th>AUC / J from {html.escape(n)}</th>" for n in fits) + "</tr>")
-        for r in split["layers"]:
-            i = r["in_distribution"]
-            cells = [str(r["layer"]), f"{i['auc']:.2f}", f"{i['j']:+.2f}"]
-            for n in fits:
-                t = r.get("transferred", {}).get(n)
-                cells.append(f"{t['auc']:.2f} / {t['j']:+.2f}" if t else "-")
-            h.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        cols, rows = probe_table(result, split)
+        h.append(f"<h3>{html.escape(name)}: behavioural J {html.escape(behaviour_text(split))}</h3><table><tr>"
+                 + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
+        h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in rows]
         h.append("</table>")
     return h
 
