@@ -181,18 +181,21 @@ class FeatureCache:
 
     def __init__(self, root: Path | None, model_key: str) -> None:
         self.dir = root / model_key if root else None
+        self.misses = 0
+        """Lookups that found nothing usable (prompts whose hidden states had to be computed)."""
 
     def _path(self, prompt: str) -> Path:
         assert self.dir is not None
         return self.dir / f"{hashlib.sha256(prompt.encode()).hexdigest()[:24]}.safetensors"
 
     def get(self, prompt: str, layers: Sequence[int]) -> dict[int, np.ndarray] | None:
-        if self.dir is None or not self._path(prompt).is_file():
-            return None
-        from safetensors.numpy import load_file
+        stored: dict[str, np.ndarray] = {}
+        if self.dir is not None and self._path(prompt).is_file():
+            from safetensors.numpy import load_file
 
-        stored = load_file(str(self._path(prompt)))
+            stored = load_file(str(self._path(prompt)))
         if not all(f"layer_{k}" in stored for k in layers):
+            self.misses += 1
             return None
         return {k: stored[f"layer_{k}"] for k in layers}
 
@@ -375,16 +378,12 @@ def split_prompts(name: str, per_class: int | None = None, seed: int = 0) -> lis
     """The harmful and benign EvalPrompts of a probe split, each class sampled to `per_class` the
     way `eval --per-subset` samples a subset (the same seed gives the same prompts)."""
     from selfredteam.eval.benchmarks import load_benchmark
+    from selfredteam.eval.run import sample_subset
 
     if name not in PROBE_SPLITS:
         raise UserError(f"Unknown probe split {name!r}. Valid: {', '.join(PROBE_SPLITS)}.")
-    out = []
-    for bench, subset in PROBE_SPLITS[name]:
-        items = [p for p in load_benchmark(bench) if p.subset == subset]
-        if per_class and per_class < len(items):
-            items = random.Random(f"{seed}:{subset}").sample(items, per_class)
-        out += items
-    return out
+    return [p for bench, subset in PROBE_SPLITS[name]
+            for p in sample_subset([x for x in load_benchmark(bench) if x.subset == subset], subset, per_class, seed)]
 
 
 def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fits: dict[str, list[Any]] | None = None,
@@ -399,7 +398,7 @@ def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fits
     import time
 
     cache = FeatureCache(cache_root, model_fingerprint(policy.name))
-    timing = {"features_s": 0.0, "behaviour_s": 0.0, "prompts_featurised": 0}
+    timing = {"features_s": 0.0, "behaviour_s": 0.0}
 
     def feats(what: str, texts: list[str]) -> dict[int, np.ndarray]:
         done = [0]
@@ -410,10 +409,8 @@ def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fits
                 progress(what, done[0], len(texts))
 
         t0 = time.perf_counter()
-        before = sum(1 for t in texts if cache.get(t, layers) is None)
         out = prompt_features(policy, texts, layers, cache, progress=tick)
         timing["features_s"] += time.perf_counter() - t0
-        timing["prompts_featurised"] += before
         return out
 
     fitted: Fitted = {}
@@ -436,5 +433,5 @@ def run_probe(policy: Any, splits: Sequence[str], layers: Sequence[int], *, fits
             split["behaviour"] = behaviour(answer(name, prompts))
             timing["behaviour_s"] += time.perf_counter() - t0
         result["splits"][name] = split
-    result["timing"] = timing  # hidden-state passes (cache misses: prompts_featurised) and answers
+    result["timing"] = timing | {"prompts_featurised": cache.misses}  # hidden-state passes and answers
     return result

@@ -85,6 +85,12 @@ def stratified_sample(prompts: list[EvalPrompt], limit: int | None, seed: int = 
     return out[:limit] if len(out) > limit else out
 
 
+def sample_subset(items: list[EvalPrompt], subset: str, n: int | None, seed: int = 0) -> list[EvalPrompt]:
+    """At most `n` of one subset's prompts, seeded by the subset's name alone (one RNG per subset: a
+    subset's sample does not depend on which other subsets are chosen; `probe` picks the same ones)."""
+    return random.Random(f"{seed}:{subset}").sample(items, n) if n and n < len(items) else items
+
+
 def select_prompts(sets: dict[str, list[EvalPrompt]], subsets: list[str] | None, per_subset: int | None,
                    seed: int = 0) -> dict[str, list[EvalPrompt]]:
     """Keep only `subsets` (all when None) and at most `per_subset` prompts of each (seeded)."""
@@ -99,10 +105,7 @@ def select_prompts(sets: dict[str, list[EvalPrompt]], subsets: list[str] | None,
         for p in prompts:
             if not wanted or p.subset in wanted:
                 by_subset[p.subset].append(p)
-        # One RNG per subset: a subset's sample does not depend on which other subsets are chosen.
-        kept = [p for name, items in sorted(by_subset.items())
-                for p in (random.Random(f"{seed}:{name}").sample(items, per_subset)
-                          if per_subset and per_subset < len(items) else items)]
+        kept = [p for name, items in sorted(by_subset.items()) for p in sample_subset(items, name, per_subset, seed)]
         if kept:
             out[name] = kept
     if not out:

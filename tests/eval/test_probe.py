@@ -113,9 +113,11 @@ def test_features_batched_equal_one_at_a_time_and_cache_round_trips(tiny_model_d
         np.testing.assert_allclose(batched[k], np.concatenate([a[k] for a in alone]), atol=1e-4)
     cache = FeatureCache(tmp_path, model_fingerprint(str(tiny_model_dir)))
     first = prompt_features(policy, prompts, [2], cache)
+    assert cache.misses == 3
     assert len(list((tmp_path).rglob("*.safetensors"))) == 3
     policy.inner.model = None  # a cache hit must not touch the model
     again = prompt_features(policy, prompts, [2], cache)
+    assert cache.misses == 3  # all three read back
     np.testing.assert_array_equal(first[2], again[2])
 
 
