@@ -21,7 +21,7 @@ def bench_prompt_ids(policy, n: int) -> list[list[int]]:
 
 def cpu_name() -> str:
     """The CPU's model name and kind (native bf16 or not): tables from different CPUs differ."""
-    from selfredteam.runtime import cpu_kind
-    from selfredteam.runtime import cpu_name as model_name
+    from selfredteam.policy.runtime import cpu_kind
+    from selfredteam.policy.runtime import cpu_name as model_name
 
     return f"{model_name()} ({cpu_kind()})"

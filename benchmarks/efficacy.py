@@ -27,7 +27,7 @@ from pathlib import Path
 
 from _common import cpu_name
 
-from selfredteam.rl.checkpoint import has_checkpoint
+from selfredteam.checkpoint import has_checkpoint
 
 SPLITS = ("harmful_adversarial,benign_adversarial,harmful_vanilla,benign_vanilla,xstest_safe,xstest_unsafe,or_bench_hard,"
           "or_bench_toxic")

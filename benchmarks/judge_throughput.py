@@ -16,8 +16,8 @@ import torch
 from _common import cpu_name
 
 from selfredteam.data import load_seeds
+from selfredteam.eval.judge import refusal_dev_set
 from selfredteam.judges.embedded import EmbeddedJudge
-from selfredteam.judges.evaluate import refusal_dev_set
 
 
 def main() -> None:

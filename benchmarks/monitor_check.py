@@ -1,6 +1,6 @@
 """Does the collapse monitor warn about the runs that turn out bad on held-out prompts, and only those?
 
-The monitor (selfredteam.rl.monitor) reads each training step's games; its warnings are only worth
+The monitor (selfredteam.eval.monitor) reads each training step's games; its warnings are only worth
 printing if they predict what the eval splits show afterwards. For every finished efficacy run
 (`benchmarks/efficacy.py` leaves RUN/metrics.jsonl and RUN/eval/<splits>/), this replays the run's
 logged monitor/* signals through today's window and thresholds (eval.report.monitor_summary, the

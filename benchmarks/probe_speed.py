@@ -17,8 +17,8 @@ from _common import cpu_name
 from selfredteam.config import load_config
 from selfredteam.data import load_seeds
 from selfredteam.eval.probe import FeatureCache, prompt_features
-from selfredteam.eval.run import build_eval_policy
 from selfredteam.game.prompts import Turn
+from selfredteam.policy.spec import policy_from_spec
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--token-budget", type=int, default=4096)
     args = ap.parse_args()
     cfg = load_config("cpu-demo")
-    policy = build_eval_policy("embedded", cfg)
+    policy = policy_from_spec("embedded", cfg)
     prompts = [s.prompt for s in load_seeds("embedded:adversarial")][: args.n]
     tokens = sum(len(policy.encode(Turn([{"role": "user", "content": p}]))) for p in prompts)
     with tempfile.TemporaryDirectory() as tmp:

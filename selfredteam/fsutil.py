@@ -1,4 +1,5 @@
-"""Atomic file-system writes: a crash or kill -9 never leaves a half-written dir or file."""
+"""Where files go and how they are written: the user cache dir, and atomic writes (a crash or kill -9
+never leaves a half-written dir or file)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def cache_dir() -> Path:
+    """User cache for models and judge caches: $SELFREDTEAM_CACHE or ~/.cache/selfredteam."""
+    root = os.environ.get("SELFREDTEAM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "selfredteam"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -62,7 +62,7 @@ def test_cpu_dtype_follows_native_bf16_and_says_why(monkeypatch):
 
 
 def test_runtime_info_names_device_dtype_and_reason():
-    from selfredteam.runtime import describe, runtime_info
+    from selfredteam.policy.runtime import describe, runtime_info
 
     info = runtime_info(ModelConfig(dtype="bfloat16"), threads=2)
     assert info["device"] in ("cpu", "cuda") and info["dtype"] == "bfloat16" and info["why"] == "bf16: set by model.dtype"

@@ -67,8 +67,8 @@ def test_local_model_dir_takes_the_hub_code_path():
 
 
 def test_embedded_judge_detects_refusals():
+    from selfredteam.eval.judge import refusal_dev_set
     from selfredteam.judges.embedded import EmbeddedJudge
-    from selfredteam.judges.evaluate import refusal_dev_set
 
     judge = EmbeddedJudge.load()
     dev = refusal_dev_set()

@@ -78,7 +78,7 @@ def config_from(preset: str, config: Path | None, sets: list[str] | None) -> Con
 
 def announce_runtime(model: ModelConfig, threads: int, out: Path | None = None) -> dict[str, Any]:
     """Print the device and dtype (and why) at start; save them as OUT/runtime.json."""
-    from selfredteam.runtime import describe, runtime_info, save_runtime
+    from selfredteam.policy.runtime import describe, runtime_info, save_runtime
 
     info = runtime_info(model, threads)
     console.print(f"Running on {describe(info)}.", highlight=False)

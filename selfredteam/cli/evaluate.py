@@ -26,7 +26,7 @@ from selfredteam.cli.common import (
     warn_truncations,
 )
 from selfredteam.config import save_config
-from selfredteam.eval.run import eval_model_config
+from selfredteam.policy.spec import eval_model_config
 
 
 @app.command("eval")
@@ -183,8 +183,8 @@ def attack(
     """Red-team on demand: revise seeds into attacks with a (trained) attacker; writes attacks.jsonl."""
     from selfredteam.data import load_pool, sample_batch
     from selfredteam.eval.diversity import diversity_report, generate_attacks
-    from selfredteam.eval.run import build_eval_policy
-    from selfredteam.policy.base import sampling_params
+    from selfredteam.game.play import sampling_params
+    from selfredteam.policy.spec import policy_from_spec
 
     cfg = config_from(preset, config, list(set_ or []) + ([f"data.seeds={seeds}"] if seeds else []))
     pool = load_pool(cfg.data)
@@ -192,7 +192,7 @@ def attack(
     out.mkdir(parents=True, exist_ok=True)
     announce_runtime(eval_model_config(model, cfg), cfg.run.threads, out)
     with console.status(f"Loading attacker {model}..."):
-        policy = build_eval_policy(model, cfg)
+        policy = policy_from_spec(model, cfg)
     with console.status(f"Generating {len(batch)} attacks..."):
         attacks = generate_attacks(policy, batch, cfg.game.cot, sampling_params(cfg.generation, "attacker", cfg.game.cot))
     warn_truncations(policy)
@@ -235,8 +235,9 @@ def probe(
         sample_per_class,
         write_result,
     )
-    from selfredteam.eval.run import answer_prompts, build_eval_policy
-    from selfredteam.policy.base import sampling_params
+    from selfredteam.eval.run import answer_prompts
+    from selfredteam.game.play import sampling_params
+    from selfredteam.policy.spec import policy_from_spec
 
     cfg = config_from(preset, config, set_)
     split_names = [x.strip() for x in splits.split(",") if x.strip()]
@@ -248,7 +249,7 @@ def probe(
         fits[name] = sample_per_class(seeds, fit_per_class, f"{cfg.run.seed}:{name}", lambda s: s.harmful)
     announce_runtime(eval_model_config(model, cfg), cfg.run.threads, out)
     with console.status(f"Loading {model}..."):
-        policy = build_eval_policy(model, cfg)
+        policy = policy_from_spec(model, cfg)
     depth = getattr(getattr(getattr(policy, "model", None), "config", None), "num_hidden_layers", 24)
     layer_ids = [int(x) for x in layers.split(",")] if layers else sorted({depth // 4, depth // 2, 3 * depth // 4, depth})
     answer = None
@@ -318,8 +319,8 @@ def judge_eval(
     debug: DebugOpt = False,
 ) -> None:
     """Precision/recall/F1 per label and the false-positive rate on benign-but-scary prompts."""
+    from selfredteam.eval.judge import evaluate_judge
     from selfredteam.judges import build_judge
-    from selfredteam.judges.evaluate import evaluate_judge
     from selfredteam.judges.fit import find_data_dir
 
     cfg = config_from(preset, config, set_)

@@ -23,7 +23,7 @@ from selfredteam.cli.common import (
     out_console,
 )
 from selfredteam.errors import UserError
-from selfredteam.eval.run import eval_model_config
+from selfredteam.policy.spec import eval_model_config
 
 
 def _eval_sets(benchmarks: str, paths: list[str] | None, subsets: str | None, per_subset: int | None,
@@ -141,8 +141,8 @@ def crossplay(
     debug: DebugOpt = False,
 ) -> None:
     """Every attacker (rows) against every defender (columns): ASR, harmful and benign refusal."""
-    from selfredteam.eval.report import crossplay_report
     from selfredteam.experiments.crossplay import crossplay as run_crossplay
+    from selfredteam.experiments.crossplay import crossplay_report
     from selfredteam.experiments.study import check_runs, real_tools
 
     check_runs(runs)

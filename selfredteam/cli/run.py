@@ -44,10 +44,10 @@ def play(
 ) -> None:
     """Play real self-play games (attacker revises, defender answers, judge labels) and save them."""
     from selfredteam.data import load_pool, missing_class, sample_batch
-    from selfredteam.game.play import play_games, summarize
+    from selfredteam.game.play import play_games, sampling_params, summarize
     from selfredteam.judges import build_judge
     from selfredteam.policy import build_policy
-    from selfredteam.policy.base import MeteredPolicy, sampling_params
+    from selfredteam.policy.base import MeteredPolicy
 
     overrides = list(set_ or []) + ([f"data.seeds={seeds}"] if seeds else [])
     cfg = config_from(preset, config, overrides)
@@ -174,9 +174,10 @@ def self_distill_cmd(
     """
     from selfredteam.data import load_pool, missing_class, read_records, sample_batch
     from selfredteam.fsutil import write_text_atomic
+    from selfredteam.game.play import sampling_params
     from selfredteam.judges import build_judge
     from selfredteam.policy import build_policy
-    from selfredteam.policy.base import SamplingParams, sampling_params
+    from selfredteam.policy.base import SamplingParams
     from selfredteam.rl.sft import (
         THOUGHT_TOKENS,
         add_revisions,
@@ -259,7 +260,7 @@ def export(
     debug: DebugOpt = False,
 ) -> None:
     """Write a merged Hugging Face model dir (safetensors) loadable by transformers and vLLM."""
-    from selfredteam.rl.export import export_merged
+    from selfredteam.policy.spec import export_merged
 
     path = export_merged(checkpoint, out)
     console.print(f"Wrote merged model to {path}")

@@ -99,7 +99,7 @@ def top_share(texts: list[str]) -> tuple[float | None, str]:
     return n / len(texts), key
 
 
-# Answers with nothing in them: the training monitor (rl.monitor) and the eval summary read the same checks.
+# Answers with nothing in them: the training monitor (eval.monitor) and the eval summary read the same checks.
 ECHO_OVERLAP = 0.7
 """An answer echoes a text when at least this share of its words (3+ letters) are that text's words."""
 MIN_ECHO_WORDS = 4

@@ -214,7 +214,7 @@ class FeatureCache:
 
 
 def default_cache_root() -> Path:
-    from selfredteam.policy.embedded import cache_dir
+    from selfredteam.fsutil import cache_dir
 
     return cache_dir() / "probe"
 

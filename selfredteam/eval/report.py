@@ -1,6 +1,6 @@
 """`selfredteam report RUN [RUN ...]`: one self-contained HTML file (plots embedded) + Markdown.
 
-For each run: training curves from metrics.jsonl, the collapse monitor's summary (rl/monitor.py:
+For each run: training curves from metrics.jsonl, the collapse monitor's summary (eval/monitor.py:
 last-5-step means and the steps each threshold tripped), the before/after safety table when the
 run dir holds `eval/<name>/summary.json` files (from `selfredteam eval --out RUN/eval/<name>`),
 refusal discrimination J and its change against a baseline when it holds `comparison.json`
@@ -111,7 +111,7 @@ def _probe_html(title: str, result: dict[str, Any]) -> list[str]:
 def monitor_summary(rows: list[dict[str, Any]]) -> list[tuple[str, float | None, str, list[int]]]:
     """(signal, last-5-step mean, threshold, steps it tripped at) for each monitor threshold, by
     replaying the run's monitor/* metrics through the same window and thresholds as training."""
-    from selfredteam.rl.monitor import THRESHOLDS, CollapseMonitor
+    from selfredteam.eval.monitor import THRESHOLDS, CollapseMonitor
 
     monitor = CollapseMonitor()
     tripped: dict[str, list[int]] = {t.key: [] for t in THRESHOLDS}
@@ -144,35 +144,9 @@ _STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em aut
           "pre{white-space:pre-wrap;background:#f6f6f6;padding:6px}")
 
 
-def _page(title: str, body: list[str]) -> str:
+def page(title: str, body: list[str]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_STYLE}"
             "</style></head><body>" + "\n".join(body) + "</body></html>")
-
-
-def crossplay_report(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """OUT/report.html (heat maps embedded) and OUT/report.md for a `selfredteam crossplay` matrix."""
-    from selfredteam.experiments.crossplay import METRICS, heatmap_png
-
-    png = base64.b64encode(heatmap_png(result)).decode()
-    h = [f"<h1>Cross-play: attackers (rows) x defenders (columns)</h1><p>{result['n_seeds']} seeds, half harmful; "
-         "95% Wilson intervals.</p>", f"<img id='heatmap' alt='cross-play heat maps' src='data:image/png;base64,{png}' "
-         "style='width:100%'>"]
-    md = ["# Cross-play: attackers (rows) x defenders (columns)", ""]
-    for key, title in METRICS:
-        cols = result["defenders"]
-        h.append(f"<h2>{html.escape(title)}</h2><table><tr><th>attacker \\ defender</th>"
-                 + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
-        md += [f"## {title}", "", "| attacker \\ defender | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for a in result["attackers"]:
-            cells = [str(Rate(**result["cells"][a][d][key])) for d in cols]
-            h.append(f"<tr><td>{html.escape(a)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            md.append(f"| {a} | " + " | ".join(cells) + " |")
-        h.append("</table>")
-        md.append("")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.html").write_text(_page("selfredteam cross-play", h), encoding="utf-8")
-    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    return out / "report.html", out / "report.md"
 
 
 def redteam_report(summary: dict[str, Any], results: list[dict[str, Any]], out: Path, top: int = 10) -> tuple[Path, Path]:
@@ -210,7 +184,7 @@ def redteam_report(summary: dict[str, Any], results: list[dict[str, Any]], out: 
                  f"{html.escape(r['category'])}), attempt {r['attempt']}</summary><b>attack</b>"
                  f"<pre>{html.escape(r['attack'])}</pre><b>target answer</b><pre>{html.escape(r['response'])}</pre></details>")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.html").write_text(_page("selfredteam red-teaming", h), encoding="utf-8")
+    (out / "report.html").write_text(page("selfredteam red-teaming", h), encoding="utf-8")
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return out / "report.html", out / "report.md"
 
@@ -291,6 +265,6 @@ def build_report(runs: list[Path], out: Path, labels: list[str] | None = None) -
             body += f"<b>defender answer</b><pre>{html.escape(g['defender']['answer'])}</pre>"
             h.append(f"<details><summary>{summary}</summary>{body}</details>")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.html").write_text(_page("selfredteam report", h), encoding="utf-8")
+    (out / "report.html").write_text(page("selfredteam report", h), encoding="utf-8")
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return out / "report.html", out / "report.md"

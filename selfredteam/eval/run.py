@@ -23,51 +23,7 @@ from selfredteam.game.cot import parse_cot, parse_direct
 from selfredteam.game.prompts import defender_turn
 from selfredteam.judges.base import Judge
 from selfredteam.policy.base import Policy, SamplingParams
-
-
-def is_run_dir(path: Path) -> bool:
-    """A `train` run dir or one of its checkpoint dirs."""
-    return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "state.json").is_file())
-
-
-def eval_model_config(spec: str, cfg: Any) -> Any:
-    """The ModelConfig that `spec` stands for (a run dir keeps the command's dtype and device)."""
-    import dataclasses
-
-    if spec.startswith("openai:"):
-        url, _, model = spec[len("openai:"):].partition("#")
-        return dataclasses.replace(cfg.model, backend="openai", base_url=url,
-                                   name_or_path=model or cfg.model.name_or_path)
-    if is_run_dir(Path(spec)):
-        return dataclasses.replace(cfg.model, backend="transformers")
-    return dataclasses.replace(cfg.model, name_or_path=spec)
-
-
-def build_eval_policy(spec: str, cfg: Any, role: str = "defender") -> Policy:
-    """`embedded`, an HF id/dir/.gguf, a `train` run or checkpoint dir, or `openai:URL[#model]`.
-    `role` picks a run's adapter when it trained one per role (train.parameter_sharing=role-adapters)."""
-    import dataclasses
-
-    from selfredteam.policy import build_policy
-
-    model_cfg = eval_model_config(spec, cfg)
-    if not is_run_dir(Path(spec)):
-        return build_policy(dataclasses.replace(cfg, model=model_cfg))
-    import torch
-
-    from selfredteam.policy.hf import TransformersPolicy, resolve_device, resolve_dtype, set_threads
-    from selfredteam.rl.export import load_merged
-
-    set_threads(cfg.run.threads)
-    torch.manual_seed(cfg.run.seed)  # as TransformersPolicy.from_config does: seeded sampling
-    device = resolve_device(model_cfg.device)
-    model, tokenizer, ckpt = load_merged(Path(spec), role=role, dtype=resolve_dtype(model_cfg.dtype, device))
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    name = f"checkpoint:{ckpt}" + ("" if role == "defender" else f":{role}")
-    return TransformersPolicy(model.to(device).eval(), tokenizer, name, cfg.generation.batch_size,
-                              cfg.generation.max_prompt_length)
+from selfredteam.policy.spec import policy_from_spec
 
 
 def stratified_sample(prompts: list[EvalPrompt], limit: int | None, seed: int = 0) -> list[EvalPrompt]:
@@ -159,9 +115,9 @@ def answer_prompts(policy: Policy, judge: Judge, benchmarks: dict[str, list[Eval
 def evaluate_model(spec: str, cfg: Any, judge: Judge, benchmarks: dict[str, list[EvalPrompt]],
                    out: Path | None = None) -> tuple[list[dict[str, Any]], Policy]:
     """Load the model `spec` stands for and answer every prompt as the defender (rows, policy)."""
-    from selfredteam.policy.base import sampling_params
+    from selfredteam.game.play import sampling_params
 
-    policy = build_eval_policy(spec, cfg)
+    policy = policy_from_spec(spec, cfg)
     params = sampling_params(cfg.generation, "defender", cfg.game.cot)
     return answer_prompts(policy, judge, benchmarks, cfg.game.cot, params, out), policy
 

@@ -10,6 +10,8 @@ OUT, so a re-run with one more run only plays the new row and column.
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import random
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 
 from selfredteam.config import Config
 from selfredteam.eval.benchmarks import EvalPrompt
+from selfredteam.eval.metrics import Rate
+from selfredteam.eval.report import page
 
 METRICS = [("asr", "attack success (harmful seeds)"), ("harmful_refusal", "refusal of harmful revisions"),
            ("benign_refusal", "refusal of benign revisions (over-refusal)")]
@@ -35,7 +39,7 @@ def crossplay(runs: list[Path], cfg: Config, out: Path, tools: Any, n_seeds: int
     from selfredteam.data import load_pool, sample_batch
     from selfredteam.eval.diversity import generate_attacks
     from selfredteam.eval.run import answer_prompts
-    from selfredteam.policy.base import sampling_params
+    from selfredteam.game.play import sampling_params
 
     g, cot = cfg.generation, cfg.game.cot
     seeds = sample_batch(load_pool(cfg.data), n_seeds, 0.5, random.Random(cfg.run.seed))
@@ -114,3 +118,27 @@ def _value(rate: dict[str, Any]) -> float:
 
 def _file(label: str) -> str:
     return label.replace("/", "__")
+
+
+def crossplay_report(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """OUT/report.html (heat maps embedded) and OUT/report.md for a `selfredteam crossplay` matrix."""
+    png = base64.b64encode(heatmap_png(result)).decode()
+    h = [f"<h1>Cross-play: attackers (rows) x defenders (columns)</h1><p>{result['n_seeds']} seeds, half harmful; "
+         "95% Wilson intervals.</p>", f"<img id='heatmap' alt='cross-play heat maps' src='data:image/png;base64,{png}' "
+         "style='width:100%'>"]
+    md = ["# Cross-play: attackers (rows) x defenders (columns)", ""]
+    for key, title in METRICS:
+        cols = result["defenders"]
+        h.append(f"<h2>{html.escape(title)}</h2><table><tr><th>attacker \\ defender</th>"
+                 + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>")
+        md += [f"## {title}", "", "| attacker \\ defender | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for a in result["attackers"]:
+            cells = [str(Rate(**result["cells"][a][d][key])) for d in cols]
+            h.append(f"<tr><td>{html.escape(a)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            md.append(f"| {a} | " + " | ".join(cells) + " |")
+        h.append("</table>")
+        md.append("")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text(page("selfredteam cross-play", h), encoding="utf-8")
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return out / "report.html", out / "report.md"

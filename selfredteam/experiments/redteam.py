@@ -50,7 +50,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def make_attacks(attacker: Any, seeds: list[Seed], attempts: int, cfg: Config, out: Path) -> list[dict[str, Any]]:
     """Each seed revised `attempts` times, written to OUT/attacks.jsonl (a re-run reuses them)."""
     from selfredteam.eval.diversity import generate_attacks
-    from selfredteam.policy.base import sampling_params
+    from selfredteam.game.play import sampling_params
 
     path = out / "attacks.jsonl"
     rows = generate_attacks(attacker, [s for s in seeds for _ in range(attempts)], cfg.game.cot,

@@ -28,10 +28,10 @@ from typing import Any
 
 import yaml
 
+from selfredteam.checkpoint import has_checkpoint
 from selfredteam.config import Config, load_config
 from selfredteam.errors import ConfigError, UserError
 from selfredteam.experiments.phases import Phase, Progress, run_phases
-from selfredteam.rl.checkpoint import has_checkpoint
 
 BASE = "base"
 
@@ -120,11 +120,11 @@ class Tools:
 
 
 def real_tools(cfg: Config, log: Callable[[str], None] = print) -> Tools:
-    from selfredteam.eval.run import build_eval_policy
     from selfredteam.judges import build_judge
+    from selfredteam.policy.spec import policy_from_spec
     from selfredteam.rl.loop import train
 
-    return Tools(train, build_eval_policy, build_judge(cfg.judge), log)
+    return Tools(train, policy_from_spec, build_judge(cfg.judge), log)
 
 
 class Study:
@@ -196,7 +196,7 @@ class Study:
 
     def _eval(self, spec: str, cfg: Config, out: Path) -> dict[str, Any]:
         from selfredteam.eval.run import answer_prompts, summarize
-        from selfredteam.policy.base import sampling_params
+        from selfredteam.game.play import sampling_params
 
         policy = self.tools.policy(spec, cfg, "defender")
         rows = answer_prompts(policy, self.tools.judge, self.spec.eval_sets, cfg.game.cot,
@@ -205,7 +205,7 @@ class Study:
 
     def _diversity(self, spec: str, cfg: Config) -> dict[str, Any]:
         from selfredteam.eval.diversity import diversity_report, generate_attacks
-        from selfredteam.policy.base import sampling_params
+        from selfredteam.game.play import sampling_params
 
         policy = self.tools.policy(spec, cfg, "attacker")
         attacks = generate_attacks(policy, self.div_seeds, cfg.game.cot, sampling_params(cfg.generation, "attacker", cfg.game.cot))
@@ -327,7 +327,7 @@ def study_markdown(table: dict[str, Any]) -> str:
 
 def check_runs(paths: list[Path]) -> None:
     """A clear error for a path that is not a `selfredteam train` run (before anything loads)."""
-    from selfredteam.eval.run import is_run_dir
+    from selfredteam.policy.spec import is_run_dir
 
     for p in paths:
         if not is_run_dir(p):

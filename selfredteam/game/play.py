@@ -18,14 +18,21 @@ from typing import Any
 
 from selfredteam.config import GameConfig
 from selfredteam.data import Seed
-from selfredteam.game.cot import CotParse, answer_cut_off, parse_cot, parse_direct
+from selfredteam.game.cot import ANSWER_CLOSE, CotParse, answer_cut_off, parse_cot, parse_direct
 from selfredteam.game.prompts import attacker_turn, defender_turn
 from selfredteam.game.rewards import Labels, compute_rewards
 from selfredteam.judges.base import Judge, Judgement
-from selfredteam.judges.embedded import pattern_refusal
+from selfredteam.judges.refusal import pattern_refusal
 from selfredteam.policy.base import Generation, Policy, SamplingParams
 
 PARSE_ERROR_OUTCOME = "judge_parse_error"
+
+
+def sampling_params(gen_cfg: Any, role: str, cot: bool) -> SamplingParams:
+    """A role's sampling parameters from the config's `generation` section (one place). With CoT a
+    completion may stop at the closing answer tag: nothing after it is shown or scored."""
+    stop = (ANSWER_CLOSE,) if cot and gen_cfg.stop_at_answer else ()
+    return SamplingParams(getattr(gen_cfg, f"{role}_max_new_tokens"), gen_cfg.temperature, gen_cfg.top_p, stop)
 
 
 @dataclass

@@ -1,35 +1,15 @@
 """Prompt templates for the two roles, each with a CoT and a direct variant.
 
-A `Turn` is a list of chat messages plus an optional assistant prefix (the CoT primer) that
-the policy backend appends after the chat template's generation prompt. The wording is ours;
+Each builder returns a `Turn` (policy/base.py): chat messages plus the CoT primer as the assistant
+prefix. The wording is ours;
 the structure follows method.md: the attacker rewrites a seed (harmful -> jailbreak that keeps
 the intent; benign -> harmless prompt that looks like a jailbreak), the defender answers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from selfredteam.game.cot import COT_PRIMER
-
-Message = dict[str, str]
-
-
-@dataclass(frozen=True)
-class Turn:
-    messages: list[Message]
-    prefix: str = ""
-    """Text the assistant's reply starts with (e.g. the CoT primer); not part of the completion."""
-
-    def clip_longest(self, clip: Callable[[str], str]) -> Turn:
-        """This turn with `clip` applied to its longest message: the one holding the seed or the
-        prompt, which is what can be arbitrarily long (policy backends fit turns to a budget)."""
-        i = max(range(len(self.messages)), key=lambda k: len(self.messages[k]["content"]))
-        messages = [dict(m) for m in self.messages]
-        messages[i]["content"] = clip(messages[i]["content"])
-        return Turn(messages, self.prefix)
-
+from selfredteam.policy.base import Turn
 
 # Kept short on purpose: every prompt token is paid for in prefill and in two learner
 # forward passes (measured ~95 tokens/s on 2 CPU cores), and a 0.5B model follows short
@@ -122,6 +102,6 @@ def thought_turn(prompt: str, reply: str) -> Turn:
 
 def instruction_texts() -> list[str]:
     """The roles' own instructions: an answer made of their words is an echo, not an answer
-    (rl/monitor.py)."""
+    (eval/monitor.py)."""
     return [_ATTACKER_SYSTEM, _HARMFUL_TASK, _BENIGN_TASK, _ATTACKER_COT_FORMAT, _DEFENDER_SYSTEM, _DEFENDER_COT_FORMAT,
             _THOUGHT_TASK, _REFUSE_HINT, _HELP_HINT]

@@ -32,8 +32,8 @@ def build_judge(cfg: JudgeConfig) -> ClippedJudge:
     cut to `judge.max_input_chars` each (budget.py)."""
     judge = JUDGES[cfg.kind](cfg)
     if cfg.cache:
+        from selfredteam.fsutil import cache_dir
         from selfredteam.judges.cache import CachedJudge
-        from selfredteam.policy.embedded import cache_dir
 
         judge = CachedJudge(judge, cfg.cache_path or cache_dir() / "judge_cache.sqlite")
     return ClippedJudge(judge, cfg.max_input_chars)

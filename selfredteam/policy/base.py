@@ -7,11 +7,29 @@ return them (remote endpoints) leave them empty and can be used for play and eva
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from selfredteam.game.cot import ANSWER_CLOSE
-from selfredteam.game.prompts import Turn
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What a policy is asked to continue: chat messages plus an optional assistant prefix that the
+    backend appends after the chat template's generation prompt (game/prompts.py builds them)."""
+
+    messages: list[Message]
+    prefix: str = ""
+    """Text the assistant's reply starts with (e.g. the CoT primer); not part of the completion."""
+
+    def clip_longest(self, clip: Callable[[str], str]) -> Turn:
+        """This turn with `clip` applied to its longest message: the one holding the seed or the
+        prompt, which is what can be arbitrarily long (policy backends fit turns to a budget)."""
+        i = max(range(len(self.messages)), key=lambda k: len(self.messages[k]["content"]))
+        messages = [dict(m) for m in self.messages]
+        messages[i]["content"] = clip(messages[i]["content"])
+        return Turn(messages, self.prefix)
 
 
 @dataclass(frozen=True)
@@ -21,12 +39,6 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     """Strings that end a completion; the stop string itself stays in the output."""
-
-
-def sampling_params(gen_cfg: Any, role: str, cot: bool) -> SamplingParams:
-    """A role's sampling parameters from the config's `generation` section (one place)."""
-    stop = (ANSWER_CLOSE,) if cot and gen_cfg.stop_at_answer else ()
-    return SamplingParams(getattr(gen_cfg, f"{role}_max_new_tokens"), gen_cfg.temperature, gen_cfg.top_p, stop)
 
 
 @dataclass

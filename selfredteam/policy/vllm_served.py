@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from selfredteam.errors import EndpointError, UserError
-from selfredteam.game.prompts import Turn
 from selfredteam.http import OpenAIClient
-from selfredteam.policy.base import Generation, SamplingParams
+from selfredteam.policy.base import Generation, SamplingParams, Turn
 
 
 class VLLMServedPolicy:

@@ -23,21 +23,7 @@ from typing import Any
 
 import torch
 
-from selfredteam.config import Config, save_config, to_dict
-from selfredteam.data import Seed, load_pool, missing_class, sample_batch
-from selfredteam.errors import DataError, EndpointError, UserError
-from selfredteam.fsutil import write_text_atomic
-from selfredteam.game.play import GameRecord, play_games
-from selfredteam.game.prompts import instruction_texts
-from selfredteam.judges.base import Judge
-from selfredteam.policy.base import (
-    Generation,
-    MeteredPolicy,
-    Policy,
-    SamplingParams,
-    sampling_params,
-)
-from selfredteam.rl.checkpoint import (
+from selfredteam.checkpoint import (
     find_checkpoint,
     load_training_state,
     load_variants,
@@ -45,15 +31,28 @@ from selfredteam.rl.checkpoint import (
     read_state,
     save_checkpoint,
 )
+from selfredteam.config import Config, save_config, to_dict
+from selfredteam.data import Seed, load_pool, missing_class, sample_batch
+from selfredteam.errors import DataError, EndpointError, UserError
+from selfredteam.eval.monitor import CollapseMonitor, step_signals
+from selfredteam.fsutil import write_text_atomic
+from selfredteam.game.play import GameRecord, play_games, sampling_params
+from selfredteam.game.prompts import instruction_texts
+from selfredteam.judges.base import Judge
+from selfredteam.policy.base import (
+    Generation,
+    MeteredPolicy,
+    Policy,
+    SamplingParams,
+)
+from selfredteam.policy.runtime import describe, runtime_info, save_runtime
 from selfredteam.rl.distributed import make_accelerator, sampling_params_gathered
 from selfredteam.rl.learner import Learner, Sample
 from selfredteam.rl.metrics import game_metrics
 from selfredteam.rl.model import TrainablePolicy, build_trainable
-from selfredteam.rl.monitor import CollapseMonitor, step_signals
 from selfredteam.rl.sft import HELPFUL_THOUGHT, NEUTRAL_THOUGHT, SftTerm, load_sft_rows
 from selfredteam.rl.tracking import MultiTracker, build_trackers
 from selfredteam.rl.variants import Variants
-from selfredteam.runtime import describe, runtime_info, save_runtime
 
 TRAINED_ROLES = {"selfplay": ("attacker", "defender"), "attacker-only": ("attacker",), "defender-only": ("defender",)}
 
@@ -391,9 +390,9 @@ def _frozen_defender(cfg: Config, trainable: TrainablePolicy, sampler: Any) -> P
     """attacker-only: the defender is another model (an HF id/dir, a `train` run, an endpoint),
     or the reference (adapters disabled)."""
     if cfg.train.defender_model:
-        from selfredteam.eval.run import build_eval_policy
+        from selfredteam.policy.spec import policy_from_spec
 
-        return build_eval_policy(cfg.train.defender_model, cfg)
+        return policy_from_spec(cfg.train.defender_model, cfg)
     if not trainable.is_lora:
         raise UserError("attacker-only with full fine-tuning needs train.defender_model (a frozen defender).")
     return RoleView(trainable, sampler, "defender", reference=True)

@@ -321,7 +321,7 @@ def add_thoughts(rows: list[dict[str, Any]], policy: Policy, params: SamplingPar
     `tries` samples in all, then keep the neutral thought (counted)."""
     from selfredteam.eval.metrics import echoes
     from selfredteam.game.prompts import instruction_texts, thought_turn
-    from selfredteam.judges.embedded import pattern_refusal
+    from selfredteam.judges.refusal import pattern_refusal
 
     def usable(text: str) -> str | None:
         line = _TAG.sub(" ", text).strip().strip('"').split("\n")[0].strip()

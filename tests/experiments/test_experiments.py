@@ -150,7 +150,7 @@ def test_crossplay_matrix(tmp_path):
     assert cells["base"]["base"]["asr"]["k"] == 4 and cells["base"]["safe-run"]["asr"]["k"] == 0
     assert cells["safe-run"]["paranoid-run"]["benign_refusal"]["k"] == 4
     assert cells["safe-run"]["safe-run"]["benign_refusal"]["k"] == 0
-    from selfredteam.eval.report import crossplay_report
+    from selfredteam.experiments.crossplay import crossplay_report
 
     html_path, md_path = crossplay_report(result, tmp_path / "cp")
     assert "data:image/png;base64," in html_path.read_text() and "| safe-run |" in md_path.read_text()

@@ -92,13 +92,13 @@ def test_sharded_checkpoint_resumes_exactly_in_one_process(tmp_path, tiny_model_
     optimizer state; one process loads them and writes them back unchanged, then trains on."""
     import json
 
-    from selfredteam.config import load_config
-    from selfredteam.rl.checkpoint import (
+    from selfredteam.checkpoint import (
         find_checkpoint,
         load_training_state,
         load_weights,
         save_checkpoint,
     )
+    from selfredteam.config import load_config
     from selfredteam.rl.model import build_trainable
 
     run = tmp_path / "run"

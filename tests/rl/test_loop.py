@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from selfredteam.checkpoint import find_checkpoint
 from selfredteam.config import load_config
 from selfredteam.errors import UserError
-from selfredteam.rl.checkpoint import find_checkpoint
 from selfredteam.rl.loop import train
 from tests.fakes import FakeJudge
 
@@ -91,7 +91,7 @@ def test_bad_resume_touches_nothing(tiny_model_dir, tmp_path):
 def test_export_merged_loads_in_transformers(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from selfredteam.rl.export import export_merged
+    from selfredteam.policy.spec import export_merged
 
     run = tmp_path / "run"
     train(cfg_for(tiny_model_dir, steps=1), run, judge=FakeJudge(), log=lambda *a: None)
@@ -250,13 +250,14 @@ def test_judge_outage_saves_a_resumable_checkpoint(tiny_model_dir, tmp_path):
 
 def test_eval_accepts_a_train_run_as_model(tiny_model_dir, tmp_path):
     from selfredteam.eval.benchmarks import EvalPrompt
-    from selfredteam.eval.run import build_eval_policy, run_eval
+    from selfredteam.eval.run import run_eval
     from selfredteam.policy.base import SamplingParams
+    from selfredteam.policy.spec import policy_from_spec
 
     run = tmp_path / "run"
     cfg = cfg_for(tiny_model_dir, steps=1)
     train(cfg, run, judge=FakeJudge(), log=lambda *a: None)
-    policy = build_eval_policy(str(run), cfg)
+    policy = policy_from_spec(str(run), cfg)
     assert policy.name.startswith("checkpoint:")
     summary = run_eval(policy, FakeJudge(), {"b": [EvalPrompt("hello", "benign", "s", "x:1")]}, cot=True,
                        params=SamplingParams(4, 0.7, 1.0), out=tmp_path / "ev")
@@ -299,7 +300,7 @@ def test_time_limit_stops_with_a_resumable_checkpoint(tiny_model_dir, tmp_path):
 def test_sft_only_run_saves_a_checkpoint_eval_can_load(tiny_model_dir, tmp_path):
     """train.steps=0 with SFT warm-up steps: supervised fine-tuning alone, same LoRA budget, no
     RL (the oracle row of an ablation); its checkpoint loads like any run's."""
-    from selfredteam.eval.run import build_eval_policy
+    from selfredteam.policy.spec import policy_from_spec
 
     data = tmp_path / "chat.jsonl"
     data.write_text('{"prompt": "What is 2+2?", "response": "It is four.", "label": "benign"}\n'
@@ -310,4 +311,4 @@ def test_sft_only_run_saves_a_checkpoint_eval_can_load(tiny_model_dir, tmp_path)
     assert last["warmup/sft_steps"] == 3 and last["run/stop_reason"] == "done"
     assert find_checkpoint(out).name == "step_0"
     assert read_metrics(out)[0]["step"] == 0
-    assert build_eval_policy(str(out), cfg).name.startswith("checkpoint:")
+    assert policy_from_spec(str(out), cfg).name.startswith("checkpoint:")

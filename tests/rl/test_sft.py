@@ -233,7 +233,7 @@ def test_embedded_set_has_written_thoughts_none_shared_widely_none_a_refusal():
     was echoed as the answer by the CPU demo, and a refusal as the thought was refused in."""
     from collections import Counter
 
-    from selfredteam.judges.embedded import pattern_refusal
+    from selfredteam.judges.refusal import pattern_refusal
 
     rows = load_sft_rows("embedded")
     top, n = Counter(r.thought for r in rows).most_common(1)[0]

@@ -5,8 +5,9 @@ scored), and tokens are drawn from exactly the tempered distribution the learner
 import torch
 
 from selfredteam.config import GenerationConfig, ModelConfig
+from selfredteam.game.play import sampling_params
 from selfredteam.game.prompts import defender_turn
-from selfredteam.policy.base import SamplingParams, sampling_params
+from selfredteam.policy.base import SamplingParams
 from selfredteam.policy.hf import TransformersPolicy
 
 

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from selfredteam.checkpoint import LATEST, find_checkpoint, has_checkpoint, newest_checkpoint
 from selfredteam.errors import UserError
 from selfredteam.fsutil import atomic_dir
-from selfredteam.rl.checkpoint import LATEST, find_checkpoint, has_checkpoint, newest_checkpoint
 
 
 def _step(run, n, complete=True):

@@ -1,9 +1,9 @@
 """The collapse / reward-hacking monitor on constructed game batches (no model)."""
 
+from selfredteam.eval.monitor import CollapseMonitor, echoes, is_non_answer, step_signals
 from selfredteam.game.play import GameRecord, RoleTurn
 from selfredteam.game.prompts import instruction_texts
 from selfredteam.judges.base import Judgement
-from selfredteam.rl.monitor import CollapseMonitor, echoes, is_non_answer, step_signals
 from selfredteam.rl.sft import NEUTRAL_THOUGHT
 
 PROMPTS = {

@@ -62,7 +62,7 @@ THRESHOLDS = [
 
 def step_signals(games: list[GameRecord], instructions: list[str], thoughts: list[str]) -> dict[str, float | None]:
     """The monitor's signals for one step's games (see the module docstring)."""
-    from selfredteam.judges.embedded import pattern_refusal
+    from selfredteam.judges.refusal import pattern_refusal
 
     judged = [g for g in games if not g.judge.parse_error]
     answers = [g.defender.answer for g in games]
