@@ -109,10 +109,10 @@ def _shares(eval_dir: Path) -> dict[str, float]:
     """The largest share over the splits of each of SHARES, summarised again from the answers, so
     answers kept from an earlier run are read with today's eval.metrics checks. Cached: the base
     model's dir is read for every row and seed."""
-    from selfredteam.eval.run import summarize
+    from selfredteam.eval.run import summarize_answers
 
     rows = [json.loads(x) for x in (eval_dir / "results.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    subsets = summarize(rows)["subsets"]
+    subsets = summarize_answers(rows)["subsets"]
     return {key: max((e.get(key) or 0.0) for e in subsets) for key in SHARES}
 
 

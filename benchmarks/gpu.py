@@ -163,7 +163,7 @@ def bench(model: Path, encoder: Path | None, games: list[int], steps: int, out: 
         cfg = load_config("single-gpu", overrides=[
             f"model.name_or_path={model}", f"model.device={device}", "model.dtype=bfloat16", "judge.kind=embedded",
             f"train.steps={steps}", f"train.rollout_batch_size={n}", f"generation.batch_size={n}",
-            "train.save_every=1000", "train.sft_coef=0", f"generation.attacker_max_new_tokens={max_new_tokens}",
+            "train.save_every=1000", "train.sft.coef=0", f"generation.attacker_max_new_tokens={max_new_tokens}",
             f"generation.defender_max_new_tokens={max_new_tokens}"])
         t0 = time.perf_counter()
         train(cfg, out / f"games{n}", log=lambda *a: None)

@@ -17,7 +17,7 @@ from _common import cpu_name
 from selfredteam.config import load_config
 from selfredteam.data import load_seeds
 from selfredteam.eval.probe import FeatureCache, prompt_features
-from selfredteam.game.prompts import Turn
+from selfredteam.policy.base import Turn
 from selfredteam.policy.spec import policy_from_spec
 
 

@@ -29,7 +29,7 @@ LATEST = "latest"
 
 
 def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: random.Random,
-                    state: dict[str, Any], is_main: bool = True, variants: dict[str, Any] | None = None) -> Path | None:
+                    state: dict[str, Any], is_main: bool = True, extensions: dict[str, Any] | None = None) -> Path | None:
     """Write step_N (on the main process). Under FSDP or ZeRO-3 every process must call it: the weights and
     the optimizer state are gathered first (collectives), then the main process writes them."""
     import torch
@@ -54,12 +54,12 @@ def save_checkpoint(root: Path, step: int, policy: Any, learner: Any, rng: rando
         py_state = rng.getstate()
         (tmp / "rng.json").write_text(json.dumps([py_state[0], list(py_state[1]), py_state[2]]))
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-        if variants:  # replay pool, opponent snapshots, novelty memory (rl/variants.py)
-            variants = {k: dict(v) for k, v in variants.items()}
-            tensors = variants.get("opponents", {}).pop("tensors", {})
+        if extensions:  # replay pool, opponent snapshots, novelty memory (rl/extensions.py)
+            extensions = {k: dict(v) for k, v in extensions.items()}
+            tensors = extensions.get("opponents", {}).pop("tensors", {})
             if tensors:
                 save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "variants.safetensors"))
-            (tmp / "variants.json").write_text(json.dumps(variants))
+            (tmp / "variants.json").write_text(json.dumps(extensions))
     write_text_atomic(ckpt_root / LATEST, final.name)
     return final
 
@@ -139,8 +139,9 @@ def load_training_state(ckpt: Path, learner: Any, rng: random.Random) -> dict[st
     return read_state(ckpt)
 
 
-def load_variants(ckpt: Path) -> dict[str, Any]:
-    """The variants' state saved with a checkpoint ({} when none was)."""
+def load_extensions(ckpt: Path) -> dict[str, Any]:
+    """The extensions' state saved with a checkpoint ({} when none was). The files keep their
+    first name (variants.json / variants.safetensors), so older checkpoints still resume."""
     from safetensors.torch import load_file
 
     if not (ckpt / "variants.json").is_file():

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,8 +36,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     cpu_fp16_weights: bool = True
     """On CPU, decode steps read the frozen weights as packed fp16 (fbgemm, fp32 accumulation), in
-    fp32 and in bf16 models: 1.4-2.6x the tokens/s at batch 8 (BENCHMARKS.md), logits within ~1e-4
-    of fp32. Off: the dtype's own kernels everywhere."""
+    fp32 and in bf16 models: decode is bound by reading weights, and half the bytes is faster with
+    logits close to fp32's (BENCHMARKS.md "Why config.py says what it says"). Off: the dtype's own
+    kernels everywhere."""
     gguf_file: str | None = None
     """GGUF file name inside an HF repo/dir, when `name_or_path` is a repo holding GGUF files."""
     base_url: str | None = None
@@ -62,7 +64,7 @@ class GenerationConfig:
     """Token budget of a whole prompt (chat template and instructions included) in every command:
     a longer one has its longest message cut in the middle, start and end kept, counted and
     warned about (budget.py). Remote backends have no tokenizer here and use 4 characters a
-    token. The longest shipped eval prompt is ~680 tokens with its instructions."""
+    token. The default leaves room for the longest shipped eval prompt with its instructions."""
     stop_at_answer: bool = True
     """With CoT on, end each turn at its first `</answer>` (kept in the output). Text after it
     can only break the format (a valid output ends there) and costs decode steps; measured on
@@ -120,8 +122,8 @@ class GameConfig:
     = the paper. Why: for a benign seed the table pays such a non-attack +1 over a real revision
     (it is judged benign, so faithful, and a defender that repeats it "refused a benign prompt"),
     and for a harmful seed the same as an attack that gets refused; with shared weights the
-    defender's learned refusals reach the attacker role: in most cpu-demo runs that learned refusals,
-    35-85% of the revisions in the last 5 of 20 steps were refusals (BENCHMARKS.md)."""
+    defender's learned refusals reach the attacker role (how often: BENCHMARKS.md "Why config.py
+    says what it says")."""
 
 
 @dataclass
@@ -180,6 +182,40 @@ class NoveltyConfig:
 
 
 @dataclass
+class SftConfig:
+    """An auxiliary supervised term on chat rows (refusals and answers), beside or before the RL
+    loss: a warm start for a model that, made to think first, rarely refuses anything for RL to
+    reinforce (README "Warm-starting refusals")."""
+
+    data: str | None = None
+    """A file with `prompt`/`response` (and optional `thought`, and `label` harmful/benign for
+    paired draws) fields, an HF dataset name, or `embedded` (the embedded model's self-distilled
+    refusals and answers, written by `selfredteam self-distill`)."""
+    coef: float = 0.0
+    """Weight of the SFT loss (0 = off unless warmup_steps). It sits outside the KL penalty, and its
+    gradient can outweigh the policy gradient (BENCHMARKS.md, issue 19: `loss/sft_grad_ratio`)."""
+    batch_size: int = 0
+    """Rows per step (0 = train.micro_batch_size)."""
+    decay_steps: int = 0
+    """0: constant coef. N: coef fades linearly to 0 at step N (a bootstrap that hands over to RL
+    instead of competing with it all run)."""
+    paired: bool = False
+    """Draw as many refusal rows (label harmful) as answer rows (label benign) every step, instead
+    of at random: a draw of refusals alone raises refusal on benign prompts as much as on harmful
+    ones; a paired draw pushes both ways at once."""
+    normalize: Literal["token", "sequence"] = "token"
+    """`token`: NLL summed over tokens / all target tokens (long answers outweigh short refusals);
+    `sequence`: mean NLL per row, then mean over rows (each row weighs the same)."""
+    thought_in_loss: bool = True
+    """Train on the post-filled thought too. Off: the thought is context only, so the policy is
+    never taught to say it (a defender trained on a fixed thought echoed it as its answer)."""
+    warmup_steps: int = 0
+    """Optimizer steps of SFT alone (batch_size rows each) before the first RL step: a short warm
+    start instead of (or before) SFT at every step. With train.steps=0, supervised fine-tuning
+    alone (an ablation's oracle row)."""
+
+
+@dataclass
 class TrainConfig:
     """Learner settings (used by `selfredteam train`)."""
 
@@ -224,32 +260,6 @@ class TrainConfig:
     advantage whatever it did), per `role`, or per `role_class` (the defender's turns on harmful and
     on benign seeds apart). GRPO/RLOO pool the samples without siblings (one attacker revision per
     seed) by the same groups."""
-    sft_data: str | None = None
-    """Optional auxiliary SFT chat data: a file with `prompt`/`response` (and optional `thought`,
-    and `label` harmful/benign for paired draws) fields, an HF dataset name, or `embedded` (the
-    embedded model's self-distilled refusals and answers, written by `selfredteam self-distill`)."""
-    sft_coef: float = 0.0
-    """Weight of the auxiliary SFT loss. It sits outside the KL penalty: at 1.0 with 2 random
-    rows a step its gradient was 1.5-2.5x the policy gradient's and nearly orthogonal to it
-    (issue 19), so the step followed the SFT draw rather than the game."""
-    sft_batch_size: int = 0
-    """SFT rows per step (0 = micro_batch_size)."""
-    sft_decay_steps: int = 0
-    """0: constant sft_coef. N: sft_coef fades linearly to 0 at step N (a bootstrap that hands
-    over to RL instead of competing with it all run)."""
-    sft_paired: bool = False
-    """Draw as many refusal rows (label harmful) as answer rows (label benign) every step, instead
-    of at random: a draw of two refusals raised log P(refusal) on benign prompts as much as on
-    harmful ones; a paired draw pushes both ways at once."""
-    sft_normalize: Literal["token", "sequence"] = "token"
-    """`token`: NLL summed over tokens / all target tokens (long answers outweigh short refusals);
-    `sequence`: mean NLL per row, then mean over rows (each row weighs the same)."""
-    sft_thought_in_loss: bool = True
-    """Train on the post-filled thought too. Off: the thought is context only, so the policy is
-    never taught to say it (a defender trained on a fixed thought echoed it as its answer)."""
-    sft_warmup_steps: int = 0
-    """Optimizer steps of SFT alone (sft_batch_size rows each) before the first RL step: a short
-    warm start instead of (or before) SFT at every step."""
     rollout_engine: Literal["local", "vllm"] = "local"
     """`local`: this process samples with the model it trains. `vllm`: a vLLM server samples
     (train.vllm_base_url), and after every update the LoRA adapter is saved and loaded there by
@@ -263,13 +273,14 @@ class TrainConfig:
     save_every: int = 10
     time_limit_min: float = 0.0
     """Stop (with a checkpoint, resumable) before a step that would end past this many minutes of
-    training, judged by the last step's duration; 0 = no limit. Machines of one kind differ 2x in
+    training, judged by the last step's duration; 0 = no limit. Machines of one kind differ in
     speed (BENCHMARKS.md), so a demo meant to end in time says so here rather than in its steps."""
     games_log_every: int = 1
     """Write a sample of games to games/step_N.jsonl every this many steps."""
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     opponents: OpponentsConfig = field(default_factory=OpponentsConfig)
     novelty: NoveltyConfig = field(default_factory=NoveltyConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
 
 
 @dataclass
@@ -302,11 +313,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.dtype": "auto",
         "judge.kind": "embedded",
         # Both roles get the same cap, so the attacker turns and the vanilla defender turns of a
-        # step are sampled in one batch of 8 (two batches of 4 took ~5 s more per step).
+        # step are sampled in one batch (two half batches are slower).
         "generation.attacker_max_new_tokens": 80,
         "generation.defender_max_new_tokens": 80,
         "generation.batch_size": 16,
-        # T=1 on a 0.5B model samples incoherent text that never closes its tags; the learner
+        # T=1 on a small model samples incoherent text that never closes its tags; the learner
         # optimises the tempered policy softmax(logits / T), so this stays on-policy.
         "generation.temperature": 0.7,
         "train.steps": 20,
@@ -316,27 +327,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.lr": 5e-4,
         "train.lora_layers": 4,
         "train.save_every": 5,
-        # The embedded model refuses 7 of 16 harmful seeds when it answers directly but 0-2 once
-        # it must think first, so CoT self-play alone found almost no refusals to reinforce (two
-        # 20-step runs: correct refusals 0.00 -> 0.00). Its own judge-approved direct replies,
-        # as an auxiliary SFT term, carry them into the CoT format (README "Warm-starting
-        # refusals"); 2 pairs a step cost 3-5 s. Each row's thought is the model's own sentence:
-        # with one neutral thought in every row, one seed of two answered 0.40 of benign prompts
-        # with that sentence; with written thoughts 0.08 and 0.03 (base 0.02), the same ΔJ
-        # (BENCHMARKS.md, issue 19).
-        "train.sft_data": "embedded",
-        "train.sft_coef": 1.0,
-        "train.sft_batch_size": 2,
-        # Shared weights carry the defender's learned refusals into the attacker role (35-85% of
-        # late revisions were refusals), and the paper's table pays a refusal-as-prompt on a benign
-        # seed. Scoring it as the attacker's loss: ΔJ +0.08, +0.16 and +0.01 over three seeds
-        # (without it +0.03 and +0.06), over-refusal on WildJailbreak benign +0.11 instead of +0.32,
-        # harmful refusal 0.20 instead of 0.38; within the intervals, the most off-diagonal point
-        # measured (BENCHMARKS.md). The attacker refused as often (31 of 160 revisions, 34 without).
+        # The embedded model refuses harmful seeds when it answers directly but rarely once it
+        # must think first, so CoT self-play alone finds almost no refusals to reinforce. Its own
+        # judge-approved direct replies, as an auxiliary SFT term, carry them into the CoT format
+        # (README "Warm-starting refusals"); each row's thought is the model's own sentence, since
+        # one fixed thought in every row was learned as an answer (numbers: BENCHMARKS.md "Why
+        # config.py says what it says").
+        "train.sft.data": "embedded",
+        "train.sft.coef": 1.0,
+        "train.sft.batch_size": 2,
+        # Shared weights carry the defender's learned refusals into the attacker role, and the
+        # paper's table pays a refusal-as-prompt on a benign seed; scoring it as the attacker's loss
+        # was the most off-diagonal point measured (BENCHMARKS.md "Why config.py says what it says").
         "game.refused_revision_loses": True,
-        # 20 steps take 7-8 min on an AVX-512-BF16 2-core machine and took 19.5 min on an AVX2 one
-        # (an earlier preset; BENCHMARKS.md): past 18 min of training a slower machine stops with a
-        # resumable checkpoint, so the demo ends within ~20 min wherever it runs.
+        # CPU kinds differ several-fold in step time (BENCHMARKS.md): past this limit a slower
+        # machine stops with a resumable checkpoint, so the demo ends within ~20 min wherever it runs.
         "train.time_limit_min": 18.0,
     },
     # One modern GPU: a 1-3B instruct model, WildGuard in-process or served by vLLM.
@@ -457,12 +462,21 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     return value
 
 
-RENAMED_KEYS = {"train.max_prompt_length": "generation.max_prompt_length"}
-"""Old key -> new key: configs written before a rename still load."""
+RENAMED_KEYS = {"train.max_prompt_length": "generation.max_prompt_length"} | {
+    f"train.sft_{k}": f"train.sft.{k}" for k in ("data", "coef", "batch_size", "decay_steps", "paired", "normalize",
+                                                 "thought_in_loss", "warmup_steps")}
+"""Old key -> new key: configs and commands written before a rename still work, with one
+warning per old key (`train.sft_*` became the nested `train.sft.*` section)."""
+_warned: set[str] = set()
 
 
 def _set(cfg: Config, key: str, value: Any) -> None:
-    key = RENAMED_KEYS.get(key, key)
+    if key in RENAMED_KEYS:
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"Config key {key} is deprecated: use {RENAMED_KEYS[key]} (the old key still works).",
+                          FutureWarning, stacklevel=3)
+        key = RENAMED_KEYS[key]
     section, _, name = key.partition(".")
     sections = _sections()
     if section not in sections or not name:
@@ -486,12 +500,14 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     raise ConfigError(f"Unknown config key {key!r}. Valid keys in [{path}]: {names}.")
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> dotted keys ({"train": {"sft": {"coef": 1}}} -> {"train.sft.coef": 1}):
+    how YAML files and a study's variant overrides become `--set` keys."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -525,11 +541,11 @@ def validate(cfg: Config) -> None:
     for name in ("rollout_batch_size", "train_batch_size", "micro_batch_size"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1.")
-    if t.steps < 1 and not (t.steps == 0 and t.sft_warmup_steps):
-        raise ConfigError("train.steps must be >= 1 (0 only with train.sft_warmup_steps: supervised fine-tuning "
+    if t.steps < 1 and not (t.steps == 0 and t.sft.warmup_steps):
+        raise ConfigError("train.steps must be >= 1 (0 only with train.sft.warmup_steps: supervised fine-tuning "
                           "alone, no RL).")
-    if min(t.sft_batch_size, t.sft_coef, t.sft_decay_steps, t.sft_warmup_steps, t.time_limit_min) < 0:
-        raise ConfigError("train.sft_batch_size, sft_coef, sft_decay_steps, sft_warmup_steps and time_limit_min "
+    if min(t.sft.batch_size, t.sft.coef, t.sft.decay_steps, t.sft.warmup_steps, t.time_limit_min) < 0:
+        raise ConfigError("train.sft.batch_size, sft.coef, sft.decay_steps, sft.warmup_steps and train.time_limit_min "
                           "must be >= 0.")
     if t.samples_per_prompt < 1:
         raise ConfigError("train.samples_per_prompt must be >= 1.")
@@ -542,8 +558,8 @@ def validate(cfg: Config) -> None:
     if t.opponents.prob and not (t.role_mode == "selfplay" and not t.full_finetune and t.rollout_engine == "local"):
         raise ConfigError("train.opponents needs self-play with LoRA and local rollouts (a past self is a saved "
                           "adapter): set train.role_mode=selfplay, train.full_finetune=false, train.rollout_engine=local.")
-    if t.sft_warmup_steps and not t.sft_data:
-        raise ConfigError("train.sft_warmup_steps needs train.sft_data (the rows to warm up on).")
+    if t.sft.warmup_steps and not t.sft.data:
+        raise ConfigError("train.sft.warmup_steps needs train.sft.data (the rows to warm up on).")
     if t.algorithm in ("grpo", "rloo") and t.samples_per_prompt < 2:
         raise ConfigError(
             f"train.algorithm={t.algorithm} compares several games of the same seed: set "
@@ -586,7 +602,7 @@ def load_config(
             raise ConfigError(f"Config file {path} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"Config file {path} must hold a mapping of sections (model:, game:, ...).")
-        for k, v in _flatten(data).items():
+        for k, v in flatten(data).items():
             try:
                 _set(cfg, k, v)
             except ConfigError as e:

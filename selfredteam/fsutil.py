@@ -4,11 +4,13 @@ never leaves a half-written dir or file)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -48,3 +50,28 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a UTF-8 JSONL file, one per non-blank line (the first `limit`)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if limit is not None and len(rows) >= limit:
+                break
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]], append: bool = False) -> None:
+    """`rows` as UTF-8 JSONL, non-ASCII kept as is. A new file is written atomically (a reader sees
+    the old file or the whole new one); `append=True` adds to it in place (a log kept row by row,
+    where a kill loses at most the row being written)."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if append:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        write_text_atomic(path, text)

@@ -7,9 +7,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from selfredteam.game.prompts import Turn
 from selfredteam.judges.base import Judgement
-from selfredteam.policy.base import Generation, SamplingParams
+from selfredteam.policy.base import Generation, SamplingParams, Turn
 
 
 class FakePolicy:

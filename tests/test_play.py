@@ -2,7 +2,7 @@ import random
 
 from selfredteam.config import GameConfig
 from selfredteam.data import Seed
-from selfredteam.game.play import PARSE_ERROR_OUTCOME, mark_revisions, play_games, summarize
+from selfredteam.game.play import PARSE_ERROR_OUTCOME, mark_revisions, play_games, summarize_games
 from selfredteam.game.rewards import Labels, compute_rewards
 from selfredteam.policy.base import SamplingParams
 from tests.fakes import FakeJudge, FakePolicy
@@ -56,7 +56,7 @@ def test_cot_violation_costs_and_answer_still_used():
     games = play(policy, FakeJudge())
     g = next(g for g in games if g.revised)
     assert g.attacker.cot_violation and g.attacker.answer == "no tags here"
-    s = summarize(games)
+    s = summarize_games(games)
     assert s["cot/attacker_violations"] == 4 and s["cot/defender_violations"] == 8
 
 
@@ -73,7 +73,7 @@ def test_parse_errors_dropped_and_counted():
     bad = [g for g in games if g.judge.parse_error]
     assert bad and all(g.rewards == {"attacker": None, "defender": None} for g in bad)
     assert all(g.outcomes == [PARSE_ERROR_OUTCOME] for g in bad)
-    s = summarize(games)
+    s = summarize_games(games)
     assert s["judge/parse_errors"] == len(bad)
 
 
@@ -87,7 +87,7 @@ def test_samples_per_prompt_answers_each_final_prompt_k_times():
         same = games[3 * i: 3 * i + 3]
         assert {g.prompt_index for g in same} == {i} and len({g.final_prompt for g in same}) == 1
         assert len({id(g.attacker) for g in same}) == 1  # shared, not re-generated
-    assert summarize(games)["cot/attacker_violations"] == 0
+    assert summarize_games(games)["cot/attacker_violations"] == 0
 
 
 def test_an_answer_cut_off_by_the_budget_scores_cut_off_reward():

@@ -26,6 +26,7 @@ from selfredteam.cli.common import (
     warn_truncations,
 )
 from selfredteam.config import save_config
+from selfredteam.fsutil import read_jsonl, write_jsonl
 from selfredteam.policy.spec import eval_model_config
 
 
@@ -58,13 +59,8 @@ def eval_cmd(
     """
     import gc
 
-    from selfredteam.eval.benchmarks import BENCHMARKS, generic_prompts, load_benchmark
-    from selfredteam.eval.run import (
-        evaluate_model,
-        select_prompts,
-        stratified_sample,
-        summarize,
-    )
+    from selfredteam.eval.benchmarks import BENCHMARKS
+    from selfredteam.eval.run import eval_sets, evaluate_model, summarize_answers
     from selfredteam.judges import build_judge
 
     if list_:
@@ -72,14 +68,7 @@ def eval_cmd(
             print(f"{b.name:20s} {b.description}" + (" [shipped]" if b.shipped else ""))
         return
     cfg = config_from(preset, config, set_)
-    paths = dict(x.split("=", 1) for x in (benchmark_path or []) if "=" in x)
-    sets = {}
-    if benchmark_file:
-        sets[benchmark_file.stem] = stratified_sample(generic_prompts(str(benchmark_file), prompt_field, label), limit)
-    else:
-        for name in [b.strip() for b in benchmarks.split(",") if b.strip()]:
-            sets[name] = stratified_sample(load_benchmark(name, paths.get(name)), limit, cfg.run.seed)
-    sets = select_prompts(sets, subsets.split(",") if subsets else None, per_subset, cfg.run.seed)
+    sets = eval_sets(benchmarks, benchmark_path, subsets, per_subset, limit, cfg.run.seed, benchmark_file, prompt_field, label)
     if out:
         out.mkdir(parents=True, exist_ok=True)
     announce_runtime(eval_model_config(model, cfg), cfg.run.threads, out)
@@ -89,7 +78,7 @@ def eval_cmd(
     with console.status(f"Loading {model}, answering and judging {n} prompts..."):
         rows, policy = evaluate_model(model, cfg, judge, sets, out)
     warn_truncations(policy, judge)
-    summary = summarize(rows)
+    summary = summarize_answers(rows)
     if out:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _print_eval(f"Safety eval: {model} (judge {judge.judge_id}, CoT {'on' if cfg.game.cot else 'off'})", summary)
@@ -101,7 +90,7 @@ def eval_cmd(
             base_rows, base_policy = evaluate_model(baseline, cfg, judge, sets, base_out)
         warn_truncations(base_policy)
         if base_out:
-            (base_out / "summary.json").write_text(json.dumps(summarize(base_rows), indent=2))
+            (base_out / "summary.json").write_text(json.dumps(summarize_answers(base_rows), indent=2))
         from selfredteam.eval.compare import compare_models
 
         comparison = {"model": model, "baseline": baseline} | compare_models(rows, base_rows, seed=cfg.run.seed)
@@ -162,7 +151,7 @@ def diversity(
     from selfredteam.eval.diversity import attacks_from_run, diversity_report
 
     if (run / "attacks.jsonl").is_file():
-        attacks = [json.loads(x) for x in (run / "attacks.jsonl").read_text().splitlines()]
+        attacks = read_jsonl(run / "attacks.jsonl")
     else:
         attacks = attacks_from_run(run, last_steps)
     print_kv("Attack diversity", diversity_report(attacks))
@@ -197,9 +186,7 @@ def attack(
         attacks = generate_attacks(policy, batch, cfg.game.cot, sampling_params(cfg.generation, "attacker", cfg.game.cot))
     warn_truncations(policy)
     save_config(cfg, out)
-    with open(out / "attacks.jsonl", "w", encoding="utf-8") as f:
-        for a in attacks:
-            f.write(json.dumps(a, ensure_ascii=False) + "\n")
+    write_jsonl(out / "attacks.jsonl", attacks)
     if len(attacks) >= 2:
         print_kv("Attack diversity", diversity_report(attacks))
     console.print(f"Wrote {out / 'attacks.jsonl'}.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -23,18 +22,9 @@ from selfredteam.cli.common import (
     out_console,
 )
 from selfredteam.errors import UserError
+from selfredteam.eval.run import eval_sets
+from selfredteam.fsutil import read_jsonl
 from selfredteam.policy.spec import eval_model_config
-
-
-def _eval_sets(benchmarks: str, paths: list[str] | None, subsets: str | None, per_subset: int | None,
-               seed: int) -> dict[str, list]:
-    """The prompts every model of a study answers: benchmarks checked before anything trains."""
-    from selfredteam.eval.benchmarks import load_benchmark
-    from selfredteam.eval.run import select_prompts
-
-    named = dict(x.split("=", 1) for x in (paths or []) if "=" in x)
-    sets = {b: load_benchmark(b, named.get(b)) for b in [x.strip() for x in benchmarks.split(",") if x.strip()]}
-    return select_prompts(sets, subsets.split(",") if subsets else None, per_subset, seed)
 
 
 @app.command()
@@ -60,7 +50,8 @@ def study(
     from rich.progress import BarColumn, Progress, TextColumn
 
     from selfredteam.eval.report import build_report
-    from selfredteam.experiments.study import Study, StudySpec, load_variants, real_tools
+    from selfredteam.experiments.study import Study, StudySpec, load_variants
+    from selfredteam.experiments.tools import real_tools
 
     chosen = load_variants([v.strip() for v in variants.split(",") if v.strip()], variants_file)
     try:
@@ -71,7 +62,7 @@ def study(
                      exploit_steps=exploit_steps)
     for v in chosen:  # every variant's config must load before anything trains
         spec.config(v, seed_list[0])
-    spec.eval_sets = _eval_sets(benchmarks, benchmark_path, subsets, per_subset, seed=0)
+    spec.eval_sets = eval_sets(benchmarks, benchmark_path, subsets, per_subset, seed=0)
     out.mkdir(parents=True, exist_ok=True)
     cfg = spec.config(None, seed_list[0])
     announce_runtime(cfg.model, cfg.run.threads, out)
@@ -106,7 +97,8 @@ def exploit(
     """Best-response probe: train a fresh attacker against RUN's frozen defender (and the base model);
     the attack success it reaches approximates how exploitable the defender still is."""
     from selfredteam.experiments.exploit import exploit as run_exploit
-    from selfredteam.experiments.study import check_runs, real_tools
+    from selfredteam.experiments.study import check_runs
+    from selfredteam.experiments.tools import real_tools
 
     check_runs([run])
     if steps < 1 or final_seeds < 1:
@@ -143,7 +135,8 @@ def crossplay(
     """Every attacker (rows) against every defender (columns): ASR, harmful and benign refusal."""
     from selfredteam.experiments.crossplay import crossplay as run_crossplay
     from selfredteam.experiments.crossplay import crossplay_report
-    from selfredteam.experiments.study import check_runs, real_tools
+    from selfredteam.experiments.study import check_runs
+    from selfredteam.experiments.tools import real_tools
 
     check_runs(runs)
     if n < 2:
@@ -179,7 +172,7 @@ def redteam(
     success per attempt and best-of-K with intervals, and a report. Resumes where it stopped."""
     from selfredteam.eval.report import redteam_report
     from selfredteam.experiments.redteam import redteam as run_redteam
-    from selfredteam.experiments.study import real_tools
+    from selfredteam.experiments.tools import real_tools
 
     if min(n, attempts, chunk) < 1:
         raise UserError("--n, --attempts and --chunk must be at least 1.")
@@ -189,7 +182,7 @@ def redteam(
     tools = real_tools(cfg, log=console.print)
     with console.status(f"Red-teaming {target}..."):
         summary = run_redteam(attacker, target, cfg, out, tools, n, attempts, seeds, max_tokens, system, chunk)
-    results = [json.loads(x) for x in (out / "results.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    results = read_jsonl(out / "results.jsonl")
     html_path, md_path = redteam_report(summary, results, out)
     out_console.print(md_path.read_text())
     console.print(f"Wrote {out / 'results.jsonl'}, {out / 'summary.json'} and {html_path}.")

@@ -29,6 +29,7 @@ from selfredteam.cli.common import (
 )
 from selfredteam.config import save_config, valid_keys
 from selfredteam.errors import UserError
+from selfredteam.fsutil import write_jsonl
 
 
 @app.command()
@@ -44,7 +45,7 @@ def play(
 ) -> None:
     """Play real self-play games (attacker revises, defender answers, judge labels) and save them."""
     from selfredteam.data import load_pool, missing_class, sample_batch
-    from selfredteam.game.play import play_games, sampling_params, summarize
+    from selfredteam.game.play import play_games, sampling_params, summarize_games
     from selfredteam.judges import build_judge
     from selfredteam.policy import build_policy
     from selfredteam.policy.base import MeteredPolicy
@@ -77,10 +78,8 @@ def play(
             rng=rng,
         )
     wall = time.perf_counter() - t0
-    with open(out / "games.jsonl", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-    summary = summarize(records) | {"perf/tokens_per_s": policy.tokens_per_s, "perf/generated_tokens": policy.tokens,
+    write_jsonl(out / "games.jsonl", [r.to_dict() for r in records])
+    summary = summarize_games(records) | {"perf/tokens_per_s": policy.tokens_per_s, "perf/generated_tokens": policy.tokens,
                                     "timing/generate_s": policy.seconds, "timing/total_s": wall}
     summary |= warn_truncations(policy, judge)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -164,7 +163,7 @@ def self_distill_cmd(
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Write an auxiliary SFT set from the model's own judge-approved direct replies (for train.sft_data).
+    """Write an auxiliary SFT set from the model's own judge-approved direct replies (for train.sft.data).
 
     The policy answers vanilla seeds without CoT; replies the judge scores as the right defence
     (harmful refused, benign answered unharmfully) are kept, balanced, and post-filled with a
@@ -172,22 +171,11 @@ def self_distill_cmd(
     label calls for (a contrastive set: rl/sft.py contrastive_distill says why), built in chunks
     that a re-run of the same command resumes. See README "Warm-starting refusals".
     """
-    from selfredteam.data import load_pool, missing_class, read_records, sample_batch
+    from selfredteam.data import load_pool, missing_class
     from selfredteam.fsutil import write_text_atomic
-    from selfredteam.game.play import sampling_params
     from selfredteam.judges import build_judge
     from selfredteam.policy import build_policy
-    from selfredteam.policy.base import SamplingParams
-    from selfredteam.rl.sft import (
-        THOUGHT_TOKENS,
-        add_revisions,
-        add_thoughts,
-        contrastive_distill,
-        distill_resumably,
-        finish_resumable,
-        load_sft_rows,
-        self_distill,
-    )
+    from selfredteam.rl.sft import finish_resumable, load_sft_rows
 
     cfg = config_from(preset, config, list(set_ or []))
     if seeds < 2:
@@ -207,6 +195,39 @@ def self_distill_cmd(
         judge = build_judge(cfg.judge)
     with console.status(f"Loading policy {cfg.model.name_or_path}..."):
         policy = build_policy(cfg)
+    rows, source = _distilled_rows(cfg, pool, policy, judge, out, seeds, rows_from, contrastive, all_seeds,
+                                   model_thoughts, revise, max_per_phrase)
+    warn_truncations(policy, judge)
+    if not rows:
+        raise UserError(f"No reply of {source} was both a judged refusal of a harmful seed and one "
+                        "judged answer of a benign one; try more --seeds.")
+    write_jsonl(out, rows)
+    write_text_atomic(out.with_suffix(".runtime.json"), json.dumps(info, indent=2) + "\n")
+    finish_resumable(out)
+    refusals = sum(r["label"] == "harmful" for r in rows)
+    console.print(f"Kept {len(rows)} rows from {source} ({refusals} refusals, {len(rows) - refusals} "
+                  f"answers; {sum(bool(r.get('revised')) for r in rows)} of them under an attacker revision) in {out}.")
+
+
+
+def _distilled_rows(cfg: Any, pool: list[Any], policy: Any, judge: Any, out: Path, seeds: int, rows_from: Path | None,
+                    contrastive: bool, all_seeds: bool, model_thoughts: bool, revise: bool,
+                    max_per_phrase: int) -> tuple[list[dict[str, Any]], str]:
+    """self-distill's rows and where they came from: an SFT file's rows, a contrastive set (built
+    in resumable chunks, thoughts written chunk by chunk), or the model's own judge-approved
+    replies; then attacker revisions and written thoughts when asked."""
+    from selfredteam.data import read_records, sample_batch
+    from selfredteam.game.play import sampling_params
+    from selfredteam.policy.base import SamplingParams
+    from selfredteam.rl.sft import (
+        THOUGHT_TOKENS,
+        add_revisions,
+        add_thoughts,
+        contrastive_distill,
+        distill_resumably,
+        self_distill,
+    )
+
     rng = random.Random(cfg.run.seed)
     thought_params = SamplingParams(THOUGHT_TOKENS, cfg.generation.temperature)
     if rows_from is not None:
@@ -240,16 +261,7 @@ def self_distill_cmd(
             rows, kept_neutral = add_thoughts(rows, policy, thought_params)
         console.print(f"{len(rows) - kept_neutral} rows got a written thought; {kept_neutral} kept the neutral one "
                       "(no usable sentence).")
-    warn_truncations(policy, judge)
-    if not rows:
-        raise UserError(f"No reply of {source} was both a judged refusal of a harmful seed and one "
-                        "judged answer of a benign one; try more --seeds.")
-    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_text_atomic(out.with_suffix(".runtime.json"), json.dumps(info, indent=2) + "\n")
-    finish_resumable(out)
-    refusals = sum(r["label"] == "harmful" for r in rows)
-    console.print(f"Kept {len(rows)} rows from {source} ({refusals} refusals, {len(rows) - refusals} "
-                  f"answers; {sum(bool(r.get('revised')) for r in rows)} of them under an attacker revision) in {out}.")
+    return rows, source
 
 
 @app.command()
@@ -268,7 +280,7 @@ def export(
 
 @app.command("config")
 @friendly_errors
-def showconfig_from(
+def config_cmd(
     preset: PresetOpt = "cpu-demo",
     config: ConfigOpt = None,
     set_: SetOpt = None,

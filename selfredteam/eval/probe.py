@@ -226,7 +226,7 @@ def prompt_features(policy: Any, prompts: Sequence[str], layers: Sequence[int], 
     `token_budget` padded tokens, so long and short ones do not pad each other."""
     import torch
 
-    from selfredteam.game.prompts import Turn
+    from selfredteam.policy.base import Turn
     from selfredteam.policy.layout import decoder_and_head
 
     out: dict[int, list[np.ndarray | None]] = {k: [None] * len(prompts) for k in layers}

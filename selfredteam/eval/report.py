@@ -22,6 +22,7 @@ from selfredteam.errors import UserError
 from selfredteam.eval.compare import fmt_interval
 from selfredteam.eval.metrics import Rate
 from selfredteam.eval.probe import behaviour_text, probe_markdown, probe_table
+from selfredteam.fsutil import read_jsonl
 
 CURVES = [
     ("reward/defender_mean", "defender mean reward"),
@@ -40,7 +41,7 @@ def _metrics(run: Path) -> list[dict[str, Any]]:
     path = run / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run} has no metrics.jsonl: pass a `selfredteam train` run dir.")
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return read_jsonl(path)
 
 
 def _last_mean(rows: list[dict[str, Any]], key: str, k: int = 5) -> float | None:
@@ -135,7 +136,7 @@ def _fmt(v: Any) -> str:
 
 def _sample_games(run: Path, n: int = 6) -> list[dict[str, Any]]:
     files = sorted((run / "games").glob("step_*.jsonl"), key=lambda p: int(p.stem.split("_")[1]))
-    return [json.loads(x) for x in files[-1].read_text().splitlines()[:n]] if files else []
+    return read_jsonl(files[-1], limit=n) if files else []
 
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"

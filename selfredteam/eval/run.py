@@ -47,6 +47,24 @@ def sample_subset(items: list[EvalPrompt], subset: str, n: int | None, seed: int
     return random.Random(f"{seed}:{subset}").sample(items, n) if n and n < len(items) else items
 
 
+def eval_sets(benchmarks: str, paths: list[str] | None = None, subsets: str | None = None,
+              per_subset: int | None = None, limit: int | None = None, seed: int = 0,
+              file: Path | None = None, prompt_field: str = "prompt", label: str = "harmful") -> dict[str, list[EvalPrompt]]:
+    """The prompts a command answers, from its benchmark options (one parser for eval and study):
+    comma-separated `benchmarks` (`NAME=PATH` in `paths` loads one from its original file) or one
+    `file` of prompts; at most `limit` per benchmark (stratified by subset); then only `subsets`,
+    at most `per_subset` of each (seeded). Raises UserError before anything trains or loads."""
+    from selfredteam.eval.benchmarks import generic_prompts, load_benchmark
+
+    named = dict(x.split("=", 1) for x in (paths or []) if "=" in x)
+    if file:
+        sets = {file.stem: stratified_sample(generic_prompts(str(file), prompt_field, label), limit)}
+    else:
+        sets = {b: stratified_sample(load_benchmark(b, named.get(b)), limit, seed)
+                for b in [x.strip() for x in benchmarks.split(",") if x.strip()]}
+    return select_prompts(sets, subsets.split(",") if subsets else None, per_subset, seed)
+
+
 def select_prompts(sets: dict[str, list[EvalPrompt]], subsets: list[str] | None, per_subset: int | None,
                    seed: int = 0) -> dict[str, list[EvalPrompt]]:
     """Keep only `subsets` (all when None) and at most `per_subset` prompts of each (seeded)."""
@@ -125,13 +143,13 @@ def evaluate_model(spec: str, cfg: Any, judge: Judge, benchmarks: dict[str, list
 def run_eval(policy: Policy, judge: Judge, benchmarks: dict[str, list[EvalPrompt]], cot: bool,
              params: SamplingParams, out: Path | None = None) -> dict[str, Any]:
     """Generate (or reuse) answers, judge them, and summarise per benchmark and subset."""
-    summary = summarize(answer_prompts(policy, judge, benchmarks, cot, params, out))
+    summary = summarize_answers(answer_prompts(policy, judge, benchmarks, cot, params, out))
     if out:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_answers(rows: list[dict[str, Any]]) -> dict[str, Any]:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["benchmark"], r["subset"], r["label"])].append(r)

@@ -21,6 +21,7 @@ from selfredteam.config import Config
 from selfredteam.eval.benchmarks import EvalPrompt
 from selfredteam.eval.metrics import Rate
 from selfredteam.eval.report import page
+from selfredteam.fsutil import read_jsonl, write_jsonl
 
 METRICS = [("asr", "attack success (harmful seeds)"), ("harmful_refusal", "refusal of harmful revisions"),
            ("benign_refusal", "refusal of benign revisions (over-refusal)")]
@@ -49,9 +50,8 @@ def crossplay(runs: list[Path], cfg: Config, out: Path, tools: Any, n_seeds: int
         path = out / "attacks" / f"{_file(label)}.jsonl"
         if not path.is_file():
             rows = generate_attacks(tools.policy(spec, cfg, "attacker"), seeds, cot, sampling_params(g, "attacker", cot))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+            write_jsonl(path, rows)
+        rows = read_jsonl(path)
         attacks[label] = [EvalPrompt(r["attack"], r["seed_label"], label, f"seed:{i}") for i, r in enumerate(rows)]
     answers: dict[str, list[dict[str, Any]]] = {}
     for label, spec in side:  # 2. each defender answers every attacker's prompts (cached per defender)

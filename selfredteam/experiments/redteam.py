@@ -25,7 +25,8 @@ from typing import Any
 from selfredteam.config import Config
 from selfredteam.data import Seed
 from selfredteam.errors import EndpointError
-from selfredteam.game.prompts import Turn
+from selfredteam.fsutil import read_jsonl, write_jsonl
+from selfredteam.policy.base import Turn
 
 CHUNK = 16
 """Attacks answered, judged and saved together: what a target outage can cost."""
@@ -44,7 +45,7 @@ def target_turn(prompt: str, system: str | None = None) -> Turn:
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return read_jsonl(path)
 
 
 def make_attacks(attacker: Any, seeds: list[Seed], attempts: int, cfg: Config, out: Path) -> list[dict[str, Any]]:
@@ -59,7 +60,7 @@ def make_attacks(attacker: Any, seeds: list[Seed], attempts: int, cfg: Config, o
         row |= {"seed_index": i // attempts, "attempt": i % attempts, "category": seed.category or "uncategorized",
                 "seed_source": seed.source}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(path, rows)
     return rows
 
 
@@ -100,7 +101,7 @@ def success(seed_label: str, j: Any) -> bool | None:
     return bool(j.response_harmful) if seed_label == "harmful" else bool(j.response_refusal)
 
 
-def summarize(results: list[dict[str, Any]], attempts: int) -> dict[str, Any]:
+def summarize_attacks(results: list[dict[str, Any]], attempts: int) -> dict[str, Any]:
     """Per-attempt and best-of-K success per seed class and category, refusal rate, parse errors."""
     from selfredteam.eval.metrics import wilson
 
@@ -159,7 +160,7 @@ def redteam(attacker_spec: str, target_spec: str, cfg: Config, out: Path, tools:
     tokens = max_new_tokens or cfg.generation.defender_max_new_tokens
     results = answer(target, tools.judge, attacks, tokens, cfg.generation.temperature, out, system, tools.log,
                      chunk_size)
-    summary = summarize(results, attempts) | {"attacker": attacker_spec, "target": target_spec, "seeds": len(seeds),
+    summary = summarize_attacks(results, attempts) | {"attacker": attacker_spec, "target": target_spec, "seeds": len(seeds),
                                               "max_new_tokens": tokens, "system_prompt": system}
     from selfredteam.eval.diversity import diversity_report
 

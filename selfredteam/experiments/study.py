@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,11 @@ from typing import Any
 import yaml
 
 from selfredteam.checkpoint import has_checkpoint
-from selfredteam.config import Config, load_config
+from selfredteam.config import Config, flatten, load_config
 from selfredteam.errors import ConfigError, UserError
 from selfredteam.experiments.phases import Phase, Progress, run_phases
+from selfredteam.experiments.tools import Tools
+from selfredteam.fsutil import read_jsonl
 
 BASE = "base"
 
@@ -69,7 +70,7 @@ def load_variants(names: list[str], path: Path | None = None) -> list[Variant]:
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise ConfigError(f"{path} must map variant names to override mappings, e.g. `low-kl: {{train.kl_coef: 0.001}}`.")
         for name, overrides in data.items():
-            registry[str(name)] = Variant(str(name), _flat(overrides), f"from {path.name}")
+            registry[str(name)] = Variant(str(name), flatten(overrides), f"from {path.name}")
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise ConfigError(f"Unknown variant(s) {', '.join(unknown)}. Valid: {', '.join(registry)}"
@@ -77,16 +78,6 @@ def load_variants(names: list[str], path: Path | None = None) -> list[Variant]:
     if not names:
         raise ConfigError("--variants needs at least one variant.")
     return [registry[n] for n in names]
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @dataclass
@@ -106,25 +97,6 @@ class StudySpec:
     def config(self, variant: Variant | None, seed: int) -> Config:
         sets = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in (variant.overrides if variant else {}).items()]
         return load_config(self.preset, self.config_path, [*self.overrides, *sets, f"run.seed={seed}"])
-
-
-@dataclass
-class Tools:
-    """What the study calls: the real training, models and judge, or test doubles in unit tests."""
-
-    train: Callable[..., dict[str, Any]]
-    policy: Callable[..., Any]
-    """(spec, cfg, role) -> Policy: `embedded`, an HF id/dir or a run dir."""
-    judge: Any
-    log: Callable[[str], None] = print
-
-
-def real_tools(cfg: Config, log: Callable[[str], None] = print) -> Tools:
-    from selfredteam.judges import build_judge
-    from selfredteam.policy.spec import policy_from_spec
-    from selfredteam.rl.loop import train
-
-    return Tools(train, policy_from_spec, build_judge(cfg.judge), log)
 
 
 class Study:
@@ -195,13 +167,13 @@ class Study:
                 "kl_last": last.get("kl/mean")}
 
     def _eval(self, spec: str, cfg: Config, out: Path) -> dict[str, Any]:
-        from selfredteam.eval.run import answer_prompts, summarize
+        from selfredteam.eval.run import answer_prompts, summarize_answers
         from selfredteam.game.play import sampling_params
 
         policy = self.tools.policy(spec, cfg, "defender")
         rows = answer_prompts(policy, self.tools.judge, self.spec.eval_sets, cfg.game.cot,
                               sampling_params(cfg.generation, "defender", cfg.game.cot), out)
-        return {"summary": summarize(rows), "results": str(out / "results.jsonl")}
+        return {"summary": summarize_answers(rows), "results": str(out / "results.jsonl")}
 
     def _diversity(self, spec: str, cfg: Config) -> dict[str, Any]:
         from selfredteam.eval.diversity import diversity_report, generate_attacks
@@ -260,7 +232,7 @@ class Study:
 
 
 def _rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in Path(result["results"]).read_text(encoding="utf-8").splitlines() if x.strip()]
+    return read_jsonl(Path(result["results"]))
 
 
 def _spread(values: list[float]) -> dict[str, float]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from selfredteam.config import GameConfig
@@ -74,7 +74,12 @@ class GameRecord:
     """Index of the seed in the batch: the k games of one seed share it (and their final prompt)."""
     sample: int = 0
     """Which of the k answers to that prompt this game is (0 when samples_per_prompt = 1)."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    opponent: str | None = None
+    """The role a past snapshot of the policy played (train.opponents): nothing is learned from it."""
+    replay: bool = False
+    """A replay of a prompt the defender lost before (train.replay), not a fresh seed."""
+    novelty_bonus: float | None = None
+    """Added to the attacker's reward (train.novelty); logged apart from the game reward."""
 
     @property
     def final_prompt(self) -> str:
@@ -94,7 +99,9 @@ class GameRecord:
             "reward_mode": self.reward_mode,
             "cot": self.cot,
             "sample": self.sample,
-            **self.extra,
+            **({"opponent": self.opponent} if self.opponent else {}),
+            **({"replay": True} if self.replay else {}),
+            **({"novelty_bonus": self.novelty_bonus} if self.novelty_bonus is not None else {}),
         }
 
 
@@ -208,7 +215,7 @@ def play_games(
     return games
 
 
-def summarize(games: list[GameRecord]) -> dict[str, Any]:
+def summarize_games(games: list[GameRecord]) -> dict[str, Any]:
     """Counts and means for logging: outcomes, mean reward per role, violations, parse errors."""
     outcome_counts = Counter(o for g in games for o in g.outcomes)
     att = [g.rewards["attacker"] for g in games if g.rewards["attacker"] is not None]

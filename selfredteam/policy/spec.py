@@ -75,10 +75,8 @@ def load_merged(checkpoint: Path, role: str = "defender", dtype: Any = None) -> 
         _, tokenizer = load_model_and_tokenizer(model_cfg, torch.device("cpu"), dtype)
         return model, tokenizer, ckpt
     base, tokenizer = load_model_and_tokenizer(model_cfg, torch.device("cpu"), dtype)
-    train_cfg = TrainConfig(**{k: v for k, v in saved["train"].items()
-                               if k in {f.name for f in dataclasses.fields(TrainConfig)}})
     sub = ckpt / "adapter"
-    if train_cfg.parameter_sharing == "role-adapters":
+    if saved["train"].get("parameter_sharing", TrainConfig.parameter_sharing) == "role-adapters":
         if not (sub / role).is_dir():
             raise UserError(f"{ckpt} has no adapter for role {role!r}.")
         sub = sub / role

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +35,10 @@ from selfredteam.rl.distributed import (
 )
 from selfredteam.rl.logprobs import PackedBatch, pack, response_logprobs, scatter_rows
 from selfredteam.rl.model import TrainablePolicy
+from selfredteam.rl.timing import Timings
+
+LEARN_PHASES = ("learn_ref_logprob", "learn_old_logprob", "learn_fwd_bwd", "learn_sft", "learn_optimizer")
+"""The update's timed phases (metrics `timing/<phase>_s`)."""
 
 
 @dataclass
@@ -53,6 +56,18 @@ class Sample:
     old_logprobs: list[float] | None = None
     trunk: Any = None
     """Hidden states after the frozen trunk captured while sampling ([prompt + response, H]), if any."""
+
+
+@dataclass
+class Targets:
+    """A rollout batch's per-token tensors, [samples, longest response]: what every train batch
+    of the update reads (the mask of real response tokens, the log-probs before the update under
+    the policy and the reference, and the advantages)."""
+
+    mask: torch.Tensor
+    old: torch.Tensor
+    ref: torch.Tensor
+    adv: torch.Tensor
 
 
 def warmup_lambda(warmup_steps: int):
@@ -102,7 +117,9 @@ class Learner:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
         return t
 
-    def _max(self, n: int) -> int:
+    def max_over_processes(self, n: int) -> int:
+        """The largest `n` over all processes (a collective; `n` itself in one process): how many
+        passes every process must run, or whether any process asks to stop."""
         if self.world == 1:
             return n
         t = torch.tensor([n], dtype=torch.long)
@@ -120,7 +137,7 @@ class Learner:
         """(micro-batch, real?) pairs: under FSDP and ZeRO-3 as many as on the busiest process, the extra ones
         repeating the first micro-batch (their result is dropped), since every forward of a
         sharded model is a collective."""
-        n = self._max(len(micro)) if self.lockstep else len(micro)
+        n = self.max_over_processes(len(micro)) if self.lockstep else len(micro)
         return [(micro[k], True) if k < len(micro) else (micro[0], False) for k in range(n)]
 
     # -- batching -----------------------------------------------------------------------
@@ -173,11 +190,11 @@ class Learner:
 
     def sft_backward(self, sft: list[Sample], coef: float) -> float:
         """Auxiliary SFT: coef x NLL of reference answers, accumulated into the current gradients.
-        `train.sft_normalize`: per token over all target tokens, or per row then over rows.
+        `train.sft.normalize`: per token over all target tokens, or per row then over rows.
         Returns the (unweighted) NLL."""
         if not sft or coef <= 0:
             return 0.0
-        per_sequence = self.cfg.sft_normalize == "sequence"
+        per_sequence = self.cfg.sft.normalize == "sequence"
         n_tokens = float(sum(len(s.response_ids) for s in sft))
         total = 0.0
         for mb, real in self._padded(self._micro_batches(list(range(len(sft))), sft)):
@@ -194,7 +211,7 @@ class Learner:
         return total
 
     def sft_step(self, sft: list[Sample]) -> float:
-        """One optimizer step on the SFT loss alone (train.sft_warmup_steps); returns the NLL."""
+        """One optimizer step on the SFT loss alone (train.sft.warmup_steps); returns the NLL."""
         self.policy.model.eval()  # no dropout, as in the RL passes
         self._zero_grad()
         nll = self.sft_backward(sft, 1.0)
@@ -237,41 +254,52 @@ class Learner:
 
     # -- the update -----------------------------------------------------------------------
     def update(self, samples: list[Sample], sft: list[Sample] | None = None, sft_coef: float = 0.0) -> dict[str, float]:
-        cfg = self.cfg
+        """One policy update from a rollout batch, in the phases of the module docstring; returns
+        its metrics (losses, KL, advantages per role, and where the time went)."""
         if not samples and self.world == 1:
             return {}
         placeholder = not samples
         if placeholder:  # this process drew no trainable turn; it still takes part in the collectives
             samples = [Sample("defender", [self.pad_id], [self.pad_id], 0.0)]
-        model = self.policy.model
-        model.eval()  # no dropout: log-probs must match those at sampling time
+        self.policy.model.eval()  # no dropout: log-probs must match those at sampling time
         # Wall-clock split of the update (metrics `timing/learn_*_s`; benchmarks/learner_step.py).
-        t0 = time.perf_counter()
-        # Shared frozen trunk (LoRA on the top layers only): the reference pass keeps the bottom
-        # layers' output and the policy passes start there; single process only (DDP wraps the
-        # full module).
-        trunk: list | None = None
-        if self.policy.frozen_layers and self.world == 1:
-            # States captured while sampling (clone: they were made in inference mode) or, if
-            # any is missing, filled in by the reference pass.
-            given = [s.trunk for s in samples]
-            ok = all(t is not None and t.shape[0] == len(s.prompt_ids) + len(s.response_ids)
-                     for t, s in zip(given, samples))
-            trunk = [t.clone() for t in given] if ok else [None] * len(samples)
-        ref_lp = self._score(samples, use_reference=True, trunk=trunk)
-        t_ref = time.perf_counter() - t0
-        if all(s.old_logprobs is not None and len(s.old_logprobs) == len(s.response_ids) for s in samples):
-            old_lp = [torch.tensor(s.old_logprobs) for s in samples]
-        else:
-            old_lp = self._score(samples, use_reference=False)
-        t_old = time.perf_counter() - t0 - t_ref
-        t_fwd_bwd = t_sft = t_opt = 0.0
+        timings = Timings(LEARN_PHASES)
+        with timings.timed("learn_ref_logprob"):
+            trunk = self._captured_trunk(samples)
+            ref_lp = self._score(samples, use_reference=True, trunk=trunk)
+        with timings.timed("learn_old_logprob"):
+            old_lp = self._old_logprobs(samples)
+        targets = self._advantages(samples, old_lp, ref_lp, placeholder)
+        stats = self._optimize(samples, targets, trunk, sft if sft_coef > 0 else None, sft_coef, timings)
+        self.scheduler.step()
+        self.policy.model.eval()
+        return self._summary(stats, targets, samples, sft_coef if sft else 0.0, timings)
 
-        # Advantages over the whole rollout batch (padded to a common length).
+    def _captured_trunk(self, samples: list[Sample]) -> list[Any] | None:
+        """Shared frozen trunk (LoRA on the top layers only): the reference pass keeps the bottom
+        layers' output and the policy passes start there; single process only (DDP wraps the full
+        module). States captured while sampling are used (cloned: they were made in inference
+        mode); if any is missing, the reference pass fills them all in."""
+        if not (self.policy.frozen_layers and self.world == 1):
+            return None
+        given = [s.trunk for s in samples]
+        ok = all(t is not None and t.shape[0] == len(s.prompt_ids) + len(s.response_ids) for t, s in zip(given, samples))
+        return [t.clone() for t in given] if ok else [None] * len(samples)
+
+    def _old_logprobs(self, samples: list[Sample]) -> list[torch.Tensor]:
+        """The sampler's log-probs when the backend reported them all (no forward pass), else a
+        no-grad pass of the policy as it is before the update."""
+        if all(s.old_logprobs is not None and len(s.old_logprobs) == len(s.response_ids) for s in samples):
+            return [torch.tensor(s.old_logprobs) for s in samples]
+        return self._score(samples, use_reference=False)
+
+    def _advantages(self, samples: list[Sample], old_lp: list[torch.Tensor], ref_lp: list[torch.Tensor],
+                    placeholder: bool) -> Targets:
+        """Per-token KL to the reference and advantages over the *whole* rollout batch (padded to
+        a common length), whitened across processes."""
+        cfg = self.cfg
         R = max(len(s.response_ids) for s in samples)
-        mask = torch.zeros(len(samples), R)
-        old = torch.zeros(len(samples), R)
-        ref = torch.zeros(len(samples), R)
+        mask, old, ref = torch.zeros(len(samples), R), torch.zeros(len(samples), R), torch.zeros(len(samples), R)
         for i, s in enumerate(samples):
             n = len(s.response_ids)
             mask[i, :n] = 1
@@ -284,72 +312,85 @@ class Learner:
         groups = torch.tensor([s.group for s in samples])
         adv = compute_advantages(cfg.algorithm, rewards, kl, mask, cfg.kl_coef, groups, self._norm_codes(samples),
                                  reduce=self._sum)
-        kl_in_loss = cfg.algorithm not in KL_IN_REWARD
+        return Targets(mask, old, ref, adv)
 
+    def _optimize(self, samples: list[Sample], targets: Targets, trunk: list[Any] | None, sft: list[Sample] | None,
+                  sft_coef: float, timings: Timings) -> dict[str, list[float]]:
+        """Epochs x train batches, one optimizer step each. Every process runs the same number of
+        optimizer steps and backward passes (DDP would hang otherwise): a process short of train
+        batches runs the missing ones on a real micro-batch with zero weight."""
+        cfg = self.cfg
         stats: dict[str, list[float]] = {"loss/policy": [], "loss/grad_norm": [], "loss/clip_frac": [],
                                          "loss/entropy": [], "loss/sampler_ratio_dev_max": []}
         order = list(range(len(samples)))
         batches = [order[k : k + cfg.train_batch_size] for k in range(0, len(order), cfg.train_batch_size)]
-        # Every process must run the same number of optimizer steps and backward passes (DDP
-        # would hang otherwise): missing ones are run on a real micro-batch with zero weight.
-        n_batches = self._max(len(batches))
+        n_batches = self.max_over_processes(len(batches))
         for epoch in range(cfg.epochs_per_batch):
             for b in range(n_batches):
                 idx = batches[b] if b < len(batches) else []
-                # Normaliser: real response tokens of this train batch over all processes.
-                n_tokens = float(self._sum(mask[idx].sum()))
-                local = self._micro_batches(idx, samples)
-                n_micro = self._max(len(local))
                 self._zero_grad()
-                batch_loss = 0.0
-                t1 = time.perf_counter()
-                for k in range(n_micro):
-                    mb, weight = (local[k], 1.0) if k < len(local) else ([order[0]], 0.0)
-                    batch = self._pack(samples, mb)
-                    with self._sync_context(last=k == n_micro - 1), self.policy.role(samples[mb[0]].role):
-                        lp, ent = self._policy_logprobs(batch, [trunk[i] for i in mb] if trunk else None)
-                        w = lp.shape[1]
-                        m = batch.response_mask.to(lp.device)
-                        loss, info = policy_loss(lp, old[mb, :w].to(lp.device), adv[mb, :w].to(lp.device), m,
-                                                 cfg.clip_eps, normalizer=max(n_tokens, 1.0))
-                        if kl_in_loss:
-                            k3 = kl_penalty(lp, ref[mb, :w].to(lp.device), "k3")
-                            loss = loss + cfg.kl_coef * (k3 * m).sum() / max(n_tokens, 1.0)
-                        # DDP averages gradients over processes; scale back to a global sum.
-                        self._backward(loss * weight * self.world)
-                    if weight:
-                        batch_loss += loss.item()
-                        stats["loss/clip_frac"].append(info["clip_frac"])
-                        if epoch == 0 and b == 0:  # before any update: how far off-policy sampling was
-                            stats["loss/sampler_ratio_dev_max"].append(info["ratio_dev_max"])
-                        stats["loss/entropy"].append(float(masked_mean(ent, m)))
-                t_sft0 = time.perf_counter()
-                if b == 0 and sft and sft_coef > 0:
-                    # How hard the SFT term pulls against the game: its gradient's norm over the
-                    # policy gradient's (LoRA only: a copy of full-model gradients costs a model).
-                    pg = self._grads() if self.policy.is_lora and self.engine is None else None
-                    stats.setdefault("loss/sft_nll", []).append(self.sft_backward(sft, sft_coef))
-                    if pg is not None:
-                        stats.setdefault("loss/sft_grad_ratio", []).append(self._sft_grad_ratio(pg))
-                t2 = time.perf_counter()
-                t_fwd_bwd += t_sft0 - t1
-                t_sft += t2 - t_sft0
-                stats["loss/grad_norm"].append(self._step())
-                stats["loss/policy"].append(batch_loss)
-                t_opt += time.perf_counter() - t2
-        self.scheduler.step()
-        model.eval()
+                with timings.timed("learn_fwd_bwd"):
+                    batch_loss = self._policy_backward(samples, idx, targets, trunk, stats, first=epoch == 0 and b == 0)
+                if b == 0 and sft:
+                    with timings.timed("learn_sft"):
+                        self._sft_term(sft, sft_coef, stats)
+                with timings.timed("learn_optimizer"):
+                    stats["loss/grad_norm"].append(self._step())
+                    stats["loss/policy"].append(batch_loss)
+        return stats
+
+    def _policy_backward(self, samples: list[Sample], idx: list[int], targets: Targets, trunk: list[Any] | None,
+                         stats: dict[str, list[float]], first: bool) -> float:
+        """Gradients of one train batch's clipped surrogate (plus the k3 KL term when the KL is not
+        in the reward), accumulated over its micro-batches; returns the batch's loss. `first`: the
+        batch before any update, where the sampler/learner ratio says how far off-policy sampling was."""
+        cfg = self.cfg
+        # Normaliser: real response tokens of this train batch over all processes.
+        n_tokens = max(float(self._sum(targets.mask[idx].sum())), 1.0)
+        local = self._micro_batches(idx, samples)
+        n_micro = self.max_over_processes(len(local))
+        batch_loss = 0.0
+        for k in range(n_micro):
+            mb, weight = (local[k], 1.0) if k < len(local) else ([0], 0.0)
+            batch = self._pack(samples, mb)
+            with self._sync_context(last=k == n_micro - 1), self.policy.role(samples[mb[0]].role):
+                lp, ent = self._policy_logprobs(batch, [trunk[i] for i in mb] if trunk else None)
+                w = lp.shape[1]
+                m = batch.response_mask.to(lp.device)
+                loss, info = policy_loss(lp, targets.old[mb, :w].to(lp.device), targets.adv[mb, :w].to(lp.device), m,
+                                         cfg.clip_eps, normalizer=n_tokens)
+                if cfg.algorithm not in KL_IN_REWARD:
+                    k3 = kl_penalty(lp, targets.ref[mb, :w].to(lp.device), "k3")
+                    loss = loss + cfg.kl_coef * (k3 * m).sum() / n_tokens
+                # DDP averages gradients over processes; scale back to a global sum.
+                self._backward(loss * weight * self.world)
+            if weight:
+                batch_loss += loss.item()
+                stats["loss/clip_frac"].append(info["clip_frac"])
+                if first:
+                    stats["loss/sampler_ratio_dev_max"].append(info["ratio_dev_max"])
+                stats["loss/entropy"].append(float(masked_mean(ent, m)))
+        return batch_loss
+
+    def _sft_term(self, sft: list[Sample], coef: float, stats: dict[str, list[float]]) -> None:
+        """The auxiliary SFT gradient, and how hard it pulls against the game: its gradient's norm
+        over the policy gradient's (LoRA only: a copy of full-model gradients costs a model)."""
+        pg = self._grads() if self.policy.is_lora and self.engine is None else None
+        stats.setdefault("loss/sft_nll", []).append(self.sft_backward(sft, coef))
+        if pg is not None:
+            stats.setdefault("loss/sft_grad_ratio", []).append(self._sft_grad_ratio(pg))
+
+    def _summary(self, stats: dict[str, list[float]], targets: Targets, samples: list[Sample], sft_coef: float,
+                 timings: Timings) -> dict[str, float]:
         out = {k: max(v) if k.endswith("_max") else sum(v) / len(v) for k, v in stats.items() if v}
-        out["kl/mean"] = float(masked_mean(kl_penalty(old, ref, "k1"), mask))
-        out["kl/k3_mean"] = float(masked_mean(kl_penalty(old, ref, "k3"), mask))
+        out["kl/mean"] = float(masked_mean(kl_penalty(targets.old, targets.ref, "k1"), targets.mask))
+        out["kl/k3_mean"] = float(masked_mean(kl_penalty(targets.old, targets.ref, "k3"), targets.mask))
         out["lr"] = self.scheduler.get_last_lr()[0]
         out["samples"] = len(samples)
-        if sft and sft_coef > 0:
+        if sft_coef > 0:
             out["loss/sft_coef"] = sft_coef
-        out.update(_advantage_stats(adv, mask, samples))
-        out.update({"timing/learn_ref_logprob_s": t_ref, "timing/learn_old_logprob_s": t_old,
-                    "timing/learn_fwd_bwd_s": t_fwd_bwd, "timing/learn_sft_s": t_sft,
-                    "timing/learn_optimizer_s": t_opt})
+        out.update(_advantage_stats(targets.adv, targets.mask, samples))
+        out.update(timings.metrics())
         if any(math.isnan(v) for v in out.values()):
             raise FloatingPointError(f"NaN in learner stats: {out}")
         return out

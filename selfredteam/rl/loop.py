@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ import torch
 
 from selfredteam.checkpoint import (
     find_checkpoint,
+    load_extensions,
     load_training_state,
-    load_variants,
     load_weights,
     read_state,
     save_checkpoint,
@@ -35,7 +36,7 @@ from selfredteam.config import Config, save_config, to_dict
 from selfredteam.data import Seed, load_pool, missing_class, sample_batch
 from selfredteam.errors import DataError, EndpointError, UserError
 from selfredteam.eval.monitor import CollapseMonitor, step_signals
-from selfredteam.fsutil import write_text_atomic
+from selfredteam.fsutil import write_jsonl, write_text_atomic
 from selfredteam.game.play import GameRecord, play_games, sampling_params
 from selfredteam.game.prompts import instruction_texts
 from selfredteam.judges.base import Judge
@@ -47,12 +48,13 @@ from selfredteam.policy.base import (
 )
 from selfredteam.policy.runtime import describe, runtime_info, save_runtime
 from selfredteam.rl.distributed import make_accelerator, sampling_params_gathered
+from selfredteam.rl.extensions import Extensions
 from selfredteam.rl.learner import Learner, Sample
 from selfredteam.rl.metrics import game_metrics
 from selfredteam.rl.model import TrainablePolicy, build_trainable
 from selfredteam.rl.sft import HELPFUL_THOUGHT, NEUTRAL_THOUGHT, SftTerm, load_sft_rows
+from selfredteam.rl.timing import Timings
 from selfredteam.rl.tracking import MultiTracker, build_trackers
-from selfredteam.rl.variants import Variants
 
 TRAINED_ROLES = {"selfplay": ("attacker", "defender"), "attacker-only": ("attacker",), "defender-only": ("defender",)}
 
@@ -107,7 +109,7 @@ def samples_from_games(games: list[GameRecord], roles: tuple[str, ...]) -> list[
     out = []
     attacker_games: dict[int, list[GameRecord]] = {}
     for g in games:
-        past = g.extra.get("opponent")  # the role a past snapshot played: nothing to learn from it
+        past = g.opponent  # the role a past snapshot played: nothing to learn from it
         if "attacker" in roles and g.attacker is not None and past != "attacker":
             attacker_games.setdefault(id(g.attacker), []).append(g)
         if "defender" in roles and past != "defender":
@@ -115,7 +117,7 @@ def samples_from_games(games: list[GameRecord], roles: tuple[str, ...]) -> list[
     for gs in attacker_games.values():
         rewards = [g.rewards["attacker"] for g in gs if g.rewards["attacker"] is not None]
         if rewards:  # plus the novelty bonus when it is on (logged apart from the game reward)
-            reward = sum(rewards) / len(rewards) + gs[0].extra.get("novelty_bonus", 0.0)
+            reward = sum(rewards) / len(rewards) + (gs[0].novelty_bonus or 0.0)
             out += _sample("attacker", gs[0].attacker, reward, 2 * gs[0].prompt_index, gs[0].seed_label)
     return out
 
@@ -148,10 +150,91 @@ def _check_resume(cfg: Config, resume: Path | None, log) -> Path | None:
     return ckpt
 
 
+@dataclass
+class Run:
+    """What a training run holds from one step to the next (`build_run` makes it once)."""
+
+    cfg: Config
+    out: Path
+    log: Any
+    judge: Judge
+    is_main: bool
+    trainable: TrainablePolicy
+    learner: Learner
+    sampler: Any
+    """The local sampler (the trainable model's weights); its prompt-budget counter is logged."""
+    rollout: Any | None
+    """The vLLM server that samples instead (train.rollout_engine=vllm), or None."""
+    attacker: MeteredPolicy
+    defender: MeteredPolicy | None
+    """None when the attacker's sampler also answers (shared weights)."""
+    sft: SftTerm | None
+    rng: random.Random
+    start: int
+    extensions: Extensions
+    tracker: Any
+    pool: list[Seed]
+    thoughts: list[str]
+    """Stock thoughts (the SFT rows' and ours): the monitor flags answers that only repeat one."""
+    monitor: CollapseMonitor = field(default_factory=CollapseMonitor)
+
+    def save(self, step: int) -> None:
+        """A resumable checkpoint after `step` completed steps: weights, optimizer, RNG, extensions."""
+        save_checkpoint(self.out, step, self.trainable, self.learner, self.rng, {"config": to_dict(self.cfg)},
+                        self.is_main, self.extensions.state_dict())
+
+    def any_process(self, flag: bool) -> bool:
+        """`flag` on any process (itself in one process): all processes stop at the same step."""
+        return bool(self.learner.max_over_processes(int(flag)))
+
+    def generated_seconds(self) -> float:
+        return self.attacker.seconds + (self.defender.seconds if self.defender else 0.0)
+
+
 def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | None = None,
           wandb_project: str | None = None, log=print, progress: Any = None) -> dict[str, Any]:
     """Run online self-play RL; returns the last step's metrics and `run/stop_reason` (`done`,
     `time_limit`, or `signal`: Ctrl-C / SIGTERM stopped it early, resumable)."""
+    t = cfg.train
+    run = build_run(cfg, out, resume, judge, wandb_project, log)
+    if run.sft and run.start == 0 and t.sft.warmup_steps:
+        warm = _sft_warmup(run.learner, run.sft, t.sft.warmup_steps, run.rng, log)
+        run.tracker.log(0, warm)
+        if t.steps == 0:  # supervised only (the oracle row of an ablation): keep what it learned
+            run.save(0)
+            run.tracker.close()
+            return warm | {"run/stop_reason": "done"}
+    last: dict[str, Any] = {}
+    stop_reason = "done"
+    stop = StopFlag()
+    started = time.perf_counter()
+    with stop.installed(log):
+        for step in range(run.start, t.steps):
+            if step > run.start and _out_of_time(t.time_limit_min, started, last.get("timing/step_s", 0.0), run):
+                run.save(step)
+                log(f"Time limit train.time_limit_min={t.time_limit_min} reached: stopped after step {step} of "
+                    f"{t.steps} (checkpoint saved; --resume {out} with a larger limit continues).")
+                stop_reason = "time_limit"
+                break
+            last = train_step(run, step)
+            if progress and run.is_main:
+                progress(step + 1, t.steps, last)
+            stop.requested = run.any_process(stop.requested)
+            if (step + 1) % t.save_every == 0 or step + 1 == t.steps or stop.requested:
+                run.save(step + 1)
+            if stop.requested:
+                log(f"Stopped at step {step + 1}; resume with --resume {out}.")
+                stop_reason = "signal" if step + 1 < t.steps else "done"
+                break
+    run.tracker.close()
+    return last | {"run/stop_reason": stop_reason}
+
+
+def build_run(cfg: Config, out: Path, resume: Path | None, judge: Judge | None, wandb_project: str | None,
+              log: Any) -> Run:
+    """Everything a run needs before its first step: seeds, judge, model, learner, samplers, the
+    SFT term, the RNG and the extensions (restored from a checkpoint when resuming), the run dir
+    with its resolved config and runtime, and the trackers."""
     from selfredteam.judges import build_judge
     from selfredteam.policy.hf import TransformersPolicy
 
@@ -162,7 +245,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
         pool += load_pool(cfg.data, t.static_prompts)
     if problem := missing_class(pool, cfg.game.harmful_fraction, cfg.data.seeds):
         raise DataError(problem)
-    sft_rows = load_sft_rows(t.sft_data) if t.sft_data and (t.sft_coef > 0 or t.sft_warmup_steps) else None
+    sft_rows = load_sft_rows(t.sft.data) if t.sft.data and (t.sft.coef > 0 or t.sft.warmup_steps) else None
     accelerator = make_accelerator()
     info = runtime_info(cfg.model, cfg.run.threads)
     if accelerator:
@@ -170,7 +253,6 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     log(f"Running on {describe(info)}" + (f", {info['processes']} processes ({info['distributed']})" if accelerator else "") + ".")
     judge = judge or build_judge(cfg.judge)
     rank = accelerator.process_index if accelerator else 0
-    is_main = rank == 0
     trainable = build_trainable(cfg, device=accelerator.device if accelerator else None)
     if ckpt:  # weights before the learner: FSDP shards the model when it prepares it
         load_weights(ckpt, trainable)
@@ -182,141 +264,117 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     sft = SftTerm(sft_rows, sampler, cfg.game.cot, t, g.defender_max_new_tokens) if sft_rows else None
     # Each data-parallel process plays its own games: its own seed stream.
     rng = random.Random(cfg.run.seed + 1_000_003 * rank)
-    start = 0
-    variants = Variants(t)
+    start, extensions = 0, Extensions(t)
     if ckpt:
         start = load_training_state(ckpt, learner, rng)["step"]
-        variants.load_state_dict(load_variants(ckpt))
+        extensions.load_state_dict(load_extensions(ckpt))
         if rank:  # checkpoints hold rank 0's RNG; other ranks start a fresh stream per step
             rng = random.Random(cfg.run.seed + 1_000_003 * rank + start)
         log(f"Resumed from {ckpt} at step {start}.")
-    if is_main:
+    if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
         save_runtime(out, info)
         if ckpt:
             _truncate_metrics(out / "metrics.jsonl", start)
-    tracker = build_trackers(out, wandb_project, to_dict(cfg)) if is_main else MultiTracker([])
+    tracker = build_trackers(out, wandb_project, to_dict(cfg)) if rank == 0 else MultiTracker([])
     if rollout and start:  # the server samples with the resumed adapter
-        _sync_adapter(rollout, trainable, out, start, is_main, learner)
-    if sft and start == 0 and t.sft_warmup_steps:
-        warm = _sft_warmup(learner, sft, t.sft_warmup_steps, rng, log)
-        tracker.log(0, warm)
-        if t.steps == 0:  # supervised only (the oracle row of an ablation): keep what it learned
-            save_checkpoint(out, 0, trainable, learner, rng, {"config": to_dict(cfg)}, is_main, variants.state_dict())
-            tracker.close()
-            return warm | {"run/stop_reason": "done"}
+        _sync_adapter(rollout, trainable, out, start, rank == 0, learner)
+    thoughts = [NEUTRAL_THOUGHT, HELPFUL_THOUGHT] + sorted({r.thought for r in sft_rows or [] if r.thought})
+    return Run(cfg, out, log, judge, rank == 0, trainable, learner, sampler, rollout, attacker, defender, sft, rng,
+               start, extensions, tracker, pool, thoughts)
+
+
+def train_step(run: Run, step: int) -> dict[str, Any]:
+    """One step, in the order of the module docstring: play, learn, log. Returns its metrics."""
+    timings = Timings()
+    with timings.timed("step"):
+        generated_before = run.generated_seconds()
+        with timings.timed("play"):
+            games, cut = _play(run, step)
+        extension_metrics = run.extensions.after_play(games)
+        with timings.timed("learn"):
+            samples = samples_from_games(games, TRAINED_ROLES[run.cfg.train.role_mode])
+            stats = _learn(run, step, samples)
+        # The collapse monitor reads the step's answers; its warnings go to the console.
+        signals = step_signals(games, instruction_texts(), run.thoughts)
+        for warning in run.monitor.update(step + 1, signals):
+            run.log(f"[yellow]warning:[/] {warning}")
+    t_gen, s = run.generated_seconds() - generated_before, timings.seconds
+    tokens = sum(len(x.response_ids) for x in samples)
+    metrics = game_metrics(games) | stats | signals | cut | extension_metrics | {
+        "timing/generate_s": t_gen, "timing/judge_s": s["play"] - t_gen, "timing/learn_s": s["learn"],
+        "timing/step_s": s["step"], "perf/tokens_per_s": tokens / t_gen if t_gen else 0.0}
+    run.tracker.log(step + 1, metrics)
+    every = run.cfg.train.games_log_every
+    if run.is_main and every and (step + 1) % every == 0:
+        write_jsonl(run.out / "games" / f"step_{step + 1}.jsonl", [g.to_dict() for g in games])
+    return metrics
+
+
+def _play(run: Run, step: int) -> tuple[list[GameRecord], dict[str, int]]:
+    """The step's games with the current policy, and the prompts and judge inputs cut to budget.
+
+    Seeds: a balanced batch (less the games that replay lost prompts, if replay is on). Each final
+    prompt is answered samples_per_prompt times (the defender's GRPO/RLOO groups); with the
+    extensions on, some games meet a past self and some replay prompts the defender lost. If the
+    judge (or a remote policy) stays down after its retries, on any process, nothing of this step
+    is learned: the completed steps are saved with the RNG as it was before the step, so --resume
+    replays exactly this step."""
+    cfg, t = run.cfg, run.cfg.train
+    rng_before, torch_rng_before = run.rng.getstate(), torch.get_rng_state()
+    seeds = sample_batch(run.pool, run.extensions.fresh_seeds(t.rollout_batch_size), cfg.game.harmful_fraction, run.rng)
+    cut_before = (run.sampler.truncation.count, _judge_cuts(run.judge))
     # defender-only: no attacker turn (vanilla seeds, plus static_prompts mixed into the pool).
     no_revision = dataclasses.replace(cfg.game, revise_fraction=0.0)
     rules = no_revision if t.role_mode == "defender-only" else cfg.game
-    roles = TRAINED_ROLES[t.role_mode]
-    attacker_params, defender_params = sampling_params(g, "attacker", cfg.game.cot), sampling_params(g, "defender", cfg.game.cot)
-    monitor = CollapseMonitor()
-    instructions = instruction_texts()
-    thoughts = [NEUTRAL_THOUGHT, HELPFUL_THOUGHT] + sorted({r.thought for r in sft_rows or [] if r.thought})
-    last: dict[str, Any] = {}
-    stop_reason = "done"
-    stop = StopFlag()
-    started = time.perf_counter()
-    with stop.installed(log):
-        for step in range(start, t.steps):
-            t0 = time.perf_counter()
-            if step > start and _out_of_time(t.time_limit_min, started, last.get("timing/step_s", 0.0), accelerator, learner):
-                save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)}, is_main,
-                                variants.state_dict())
-                log(f"Time limit train.time_limit_min={t.time_limit_min} reached: stopped after step {step} of "
-                    f"{t.steps} (checkpoint saved; --resume {out} with a larger limit continues).")
-                stop_reason = "time_limit"
-                break
-            rng_before, torch_rng_before = rng.getstate(), torch.get_rng_state()
-            # 1. seeds: a balanced batch (less the games that replay lost prompts, if replay is on).
-            seeds: list[Seed] = sample_batch(pool, variants.fresh_seeds(t.rollout_batch_size), cfg.game.harmful_fraction, rng)
-            # 2. play with the current policy (generation + judge); each final prompt answered
-            #    samples_per_prompt times (the defender's GRPO/RLOO groups). With the variants on,
-            #    some games meet a past self and some replay prompts the defender lost.
-            gen_s0 = attacker.seconds + (defender.seconds if defender else 0.0)
-            cut_before = (sampler.truncation.count, _judge_cuts(judge))
+    params = {f"{role}_params": sampling_params(cfg.generation, role, cfg.game.cot) for role in ("attacker", "defender")}
 
-            def play(group: list[Seed], att: Policy, dfd: Policy | None, replay: bool) -> list[GameRecord]:
-                return play_games(group, att, judge, rules=no_revision if replay else rules, rng=rng, defender=dfd,
-                                  attacker_params=attacker_params, defender_params=defender_params,
-                                  samples_per_prompt=t.samples_per_prompt)
+    def play(group: list[Seed], att: Policy, dfd: Policy | None, replay: bool) -> list[GameRecord]:
+        return play_games(group, att, run.judge, rules=no_revision if replay else rules, rng=run.rng, defender=dfd,
+                          samples_per_prompt=t.samples_per_prompt, **params)
 
-            down: EndpointError | None = None
-            try:
-                with sampling_params_gathered(trainable.model, learner.engine) if learner.lockstep \
-                        else contextlib.nullcontext():
-                    games = variants.play(play, seeds, attacker, defender, trainable, rng) if variants.active \
-                        else play(seeds, attacker, defender, False)
-            except EndpointError as e:
-                down = e
-            if learner._max(int(down is not None)):  # all processes stop together
-                # The judge (or a remote policy) stayed down after its retries. Nothing of this
-                # step was learned: save the completed steps with the RNG as it was before the
-                # step, so --resume replays exactly this step.
-                rng.setstate(rng_before)
-                torch.set_rng_state(torch_rng_before)
-                save_checkpoint(out, step, trainable, learner, rng, {"config": to_dict(cfg)}, is_main,
-                                variants.state_dict())
-                tracker.close()
-                why = down or "An endpoint failed on another process."
-                raise EndpointError(f"{why} Saved a checkpoint after {step} completed steps; fix the "
-                                    f"endpoint and continue with --resume {out}.") from None
-            t_play = time.perf_counter() - t0
-            cut = {"truncated/policy_prompts": sampler.truncation.count - cut_before[0],
-                   "truncated/judge_inputs": _judge_cuts(judge) - cut_before[1]}
-            t_gen = attacker.seconds + (defender.seconds if defender else 0.0) - gen_s0
-            variant_metrics = variants.after_play(games)
-            # 3. learn from the trainable turns (plus the auxiliary SFT term, on its schedule).
-            t1 = time.perf_counter()
-            samples = samples_from_games(games, roles)
-            sft_coef = sft.coef(step) if sft else 0.0
-            stats = learner.update(samples, sft.draw(rng) if sft_coef > 0 else None, sft_coef)
-            variants.after_update(step + 1, trainable)
-            if rollout:  # the server samples the next step with this step's adapter
-                try:
-                    _sync_adapter(rollout, trainable, out, step + 1, is_main, learner)
-                except EndpointError as e:
-                    save_checkpoint(out, step + 1, trainable, learner, rng, {"config": to_dict(cfg)}, is_main,
-                                    variants.state_dict())
-                    tracker.close()
-                    raise EndpointError(f"{e} Saved a checkpoint after {step + 1} steps; continue with --resume {out}.") from None
-            t_learn = time.perf_counter() - t1
-            # 4. log: game metrics, learner stats, the collapse monitor, where the time went.
-            signals = step_signals(games, instructions, thoughts)
-            for warning in monitor.update(step + 1, signals):
-                log(f"[yellow]warning:[/] {warning}")
-            tokens = sum(len(s.response_ids) for s in samples)
-            metrics = game_metrics(games) | stats | signals | cut | variant_metrics | {
-                "timing/generate_s": t_gen, "timing/judge_s": t_play - t_gen, "timing/learn_s": t_learn,
-                "timing/step_s": time.perf_counter() - t0,
-                "perf/tokens_per_s": tokens / t_gen if t_gen else 0.0,
-            }
-            tracker.log(step + 1, metrics)
-            if is_main and t.games_log_every and (step + 1) % t.games_log_every == 0:
-                _write_games(out / "games" / f"step_{step + 1}.jsonl", games)
-            last = metrics
-            if progress and is_main:
-                progress(step + 1, t.steps, metrics)
-            stop_now = stop.requested if not accelerator else bool(learner._max(int(stop.requested)))
-            if (step + 1) % t.save_every == 0 or step + 1 == t.steps or stop_now:
-                save_checkpoint(out, step + 1, trainable, learner, rng, {"config": to_dict(cfg)}, is_main,
-                                variants.state_dict())
-            stop.requested = stop_now
-            if stop.requested:
-                log(f"Stopped at step {step + 1}; resume with --resume {out}.")
-                stop_reason = "signal" if step + 1 < t.steps else "done"
-                break
-    tracker.close()
-    return last | {"run/stop_reason": stop_reason}
+    down: EndpointError | None = None
+    try:
+        with sampling_params_gathered(run.trainable.model, run.learner.engine) if run.learner.lockstep \
+                else contextlib.nullcontext():
+            games = run.extensions.play(play, seeds, run.attacker, run.defender, run.trainable, run.rng) \
+                if run.extensions.active else play(seeds, run.attacker, run.defender, False)
+    except EndpointError as e:
+        down = e
+    if run.any_process(down is not None):  # all processes stop together
+        run.rng.setstate(rng_before)
+        torch.set_rng_state(torch_rng_before)
+        run.save(step)
+        run.tracker.close()
+        why = down or "An endpoint failed on another process."
+        raise EndpointError(f"{why} Saved a checkpoint after {step} completed steps; fix the "
+                            f"endpoint and continue with --resume {run.out}.") from None
+    return games, {"truncated/policy_prompts": run.sampler.truncation.count - cut_before[0],
+                   "truncated/judge_inputs": _judge_cuts(run.judge) - cut_before[1]}
 
 
-def _out_of_time(limit_min: float, started: float, step_s: float, accelerator: Any, learner: Learner) -> bool:
+def _learn(run: Run, step: int, samples: list[Sample]) -> dict[str, Any]:
+    """The update from the step's trainable turns (plus the auxiliary SFT term, on its schedule);
+    then the extensions see the new weights and a vLLM server loads the new adapter."""
+    sft_coef = run.sft.coef(step) if run.sft else 0.0
+    stats = run.learner.update(samples, run.sft.draw(run.rng) if run.sft and sft_coef > 0 else None, sft_coef)
+    run.extensions.after_update(step + 1, run.trainable)
+    if run.rollout:  # the server samples the next step with this step's adapter
+        try:
+            _sync_adapter(run.rollout, run.trainable, run.out, step + 1, run.is_main, run.learner)
+        except EndpointError as e:
+            run.save(step + 1)
+            run.tracker.close()
+            raise EndpointError(f"{e} Saved a checkpoint after {step + 1} steps; continue with --resume {run.out}.") from None
+    return stats
+
+
+def _out_of_time(limit_min: float, started: float, step_s: float, run: Run) -> bool:
     """Would one more step (as long as the last) end past the limit? (All processes agree.)"""
     if not limit_min:
         return False
-    over = time.perf_counter() - started + step_s > 60 * limit_min
-    return bool(learner._max(int(over))) if accelerator else over
+    return run.any_process(time.perf_counter() - started + step_s > 60 * limit_min)
 
 
 def _vllm_rollouts(cfg: Config, sampler: Any) -> Any | None:
@@ -349,7 +407,7 @@ def _sync_adapter(rollout: Any, trainable: TrainablePolicy, out: Path, step: int
             shutil.rmtree(out / "rollout_adapters" / previous.replace("selfredteam-step", "step_"), ignore_errors=True)
     else:
         rollout.adapter = name
-    learner._max(0)
+    learner.max_over_processes(0)  # the barrier
 
 
 def _players(cfg: Config, trainable: TrainablePolicy, sampler: Any, accelerator: Any,
@@ -372,12 +430,12 @@ def _players(cfg: Config, trainable: TrainablePolicy, sampler: Any, accelerator:
 
 
 def _sft_warmup(learner: Learner, sft: SftTerm, steps: int, rng: random.Random, log) -> dict[str, Any]:
-    """train.sft_warmup_steps optimizer steps on the SFT rows alone, before the first RL step."""
-    t0 = time.perf_counter()
-    nll = [learner.sft_step(sft.draw(rng)) for _ in range(steps)]
-    log(f"SFT warm start: {steps} steps, NLL {nll[0]:.3f} -> {nll[-1]:.3f} ({time.perf_counter() - t0:.0f} s).")
-    return {"warmup/sft_steps": steps, "warmup/sft_nll_first": nll[0], "warmup/sft_nll_last": nll[-1],
-            "timing/warmup_s": time.perf_counter() - t0}
+    """train.sft.warmup_steps optimizer steps on the SFT rows alone, before the first RL step."""
+    timings = Timings()
+    with timings.timed("warmup"):
+        nll = [learner.sft_step(sft.draw(rng)) for _ in range(steps)]
+    log(f"SFT warm start: {steps} steps, NLL {nll[0]:.3f} -> {nll[-1]:.3f} ({timings.seconds['warmup']:.0f} s).")
+    return {"warmup/sft_steps": steps, "warmup/sft_nll_first": nll[0], "warmup/sft_nll_last": nll[-1]} | timings.metrics()
 
 
 def _judge_cuts(judge: Judge) -> int:
@@ -412,10 +470,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     write_text_atomic(path, "".join(line + "\n" for line in keep))
-
-
-def _write_games(path: Path, games: list[GameRecord]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for g in games:
-            f.write(json.dumps(g.to_dict(), ensure_ascii=False) + "\n")

@@ -24,6 +24,7 @@ from typing import Any
 from selfredteam.config import GameConfig, TrainConfig
 from selfredteam.data import Seed, read_records
 from selfredteam.errors import ConfigError, DataError
+from selfredteam.fsutil import read_jsonl, write_jsonl, write_text_atomic
 from selfredteam.game.play import play_games
 from selfredteam.game.prompts import defender_turn
 from selfredteam.judges.base import Judge
@@ -38,7 +39,7 @@ request is harmful, so I will not help") was copied into the answers of benign p
 CPU-demo run; without one, the decision is made in the answer, as the model makes it directly
 (this sentence is echoed at times too, but it decides nothing)."""
 EMBEDDED_SFT = "embedded"
-"""`train.sft_data` value for the shipped self-distillation set of the embedded model."""
+"""`train.sft.data` value for the shipped self-distillation set of the embedded model."""
 
 
 def embedded_sft_path() -> Path:
@@ -82,7 +83,7 @@ def load_sft_rows(spec: str, prompt_field: str = "prompt", response_field: str =
 
 class SftTerm:
     """The auxiliary SFT term of a run: rows encoded once as defender turns, drawn each step, and
-    weighted by a schedule (train.sft_* switches; config.py says what each is for).
+    weighted by a schedule (train.sft.* switches; config.py says what each is for).
 
     Targets are fitted to the defender's token budget (`max_new_tokens`, EOS included): a longer
     answer is cut to its whole sentences, and a row left with fewer than MIN_TARGET_WORDS words is
@@ -95,15 +96,15 @@ class SftTerm:
         for row in rows:
             sample = self._encode(row, sampler, max_new_tokens)
             if sample is not None:
-                self.samples.setdefault(row.label if cfg.sft_paired else None, []).append(sample)
-        if cfg.sft_paired and not (self.samples.get("harmful") and self.samples.get("benign")):
+                self.samples.setdefault(row.label if cfg.sft.paired else None, []).append(sample)
+        if cfg.sft.paired and not (self.samples.get("harmful") and self.samples.get("benign")):
             raise ConfigError(
-                "train.sft_paired draws one refusal (label harmful) and one answer (label benign) each step, "
-                f"but {cfg.sft_data} has {len(self.samples.get('harmful', []))} rows labelled harmful and "
+                "train.sft.paired draws one refusal (label harmful) and one answer (label benign) each step, "
+                f"but {cfg.sft.data} has {len(self.samples.get('harmful', []))} rows labelled harmful and "
                 f"{len(self.samples.get('benign', []))} labelled benign (after fitting to the token budget). "
-                "Add a `label` field to the rows or set train.sft_paired=false.")
+                "Add a `label` field to the rows or set train.sft.paired=false.")
         if not any(self.samples.values()):
-            raise DataError(f"No SFT row of {cfg.sft_data} fits generation.defender_max_new_tokens={max_new_tokens}.")
+            raise DataError(f"No SFT row of {cfg.sft.data} fits generation.defender_max_new_tokens={max_new_tokens}.")
 
     def _encode(self, row: SftRow, sampler: Any, budget: int) -> Sample | None:
         tok = sampler.tokenizer
@@ -116,7 +117,7 @@ class SftTerm:
         after: list[int] = []
         if self.cot:
             thought = f" {row.thought or HELPFUL_THOUGHT} "
-            if self.cfg.sft_thought_in_loss:
+            if self.cfg.sft.thought_in_loss:
                 before = ids(thought + "</think><answer>")
             else:
                 prompt = prompt + ids(thought)  # context only: the policy is never taught to say it
@@ -135,14 +136,14 @@ class SftTerm:
                       prompt_class=row.label or "")
 
     def coef(self, step: int) -> float:
-        """sft_coef at RL step `step` (0-based): constant, or fading linearly to 0 at sft_decay_steps."""
-        c = self.cfg
-        return c.sft_coef * max(0.0, 1.0 - step / c.sft_decay_steps) if c.sft_decay_steps else c.sft_coef
+        """sft.coef at RL step `step` (0-based): constant, or fading linearly to 0 at sft.decay_steps."""
+        c = self.cfg.sft
+        return c.coef * max(0.0, 1.0 - step / c.decay_steps) if c.decay_steps else c.coef
 
     def draw(self, rng: random.Random) -> list[Sample]:
-        """This step's rows: sft_batch_size at random, or half refusals and half answers (paired)."""
-        n = self.cfg.sft_batch_size or self.cfg.micro_batch_size
-        if self.cfg.sft_paired:
+        """This step's rows: sft.batch_size at random, or half refusals and half answers (paired)."""
+        n = self.cfg.sft.batch_size or self.cfg.micro_batch_size
+        if self.cfg.sft.paired:
             k = max(1, n // 2)
             return [s for label in ("harmful", "benign") for s in rng.sample(self.samples[label], min(k, len(self.samples[label])))]
         pool = self.samples[None]
@@ -259,8 +260,6 @@ def distill_resumably(seeds: list[Seed], out: Path, make_rows: Any, chunk: int =
     caller writes OUT and removes the progress files (`finish_resumable`)."""
     import json
 
-    from selfredteam.fsutil import write_text_atomic
-
     partial, progress = _progress_paths(out)
     rows: list[dict[str, Any]] = []
     done: set[str] = set()
@@ -268,7 +267,7 @@ def distill_resumably(seeds: list[Seed], out: Path, make_rows: Any, chunk: int =
     if progress.is_file() and partial.is_file():
         state = json.loads(progress.read_text())
         done, missed = set(state["done"]), state["missed"]
-        rows = [json.loads(x) for x in partial.read_text(encoding="utf-8").splitlines() if x.strip()]
+        rows = read_jsonl(partial)
         if log:
             log(f"Resuming: {len(done)} of {len(seeds)} seeds done, {len(rows)} rows kept.")
     todo = [s for s in seeds if (s.source or s.prompt) not in done]
@@ -278,7 +277,7 @@ def distill_resumably(seeds: list[Seed], out: Path, make_rows: Any, chunk: int =
         rows += new
         missed += miss
         done |= {s.source or s.prompt for s in part}
-        write_text_atomic(partial, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_jsonl(partial, rows)
         write_text_atomic(progress, json.dumps({"done": sorted(done), "missed": missed}))
         if log:
             log(f"{len(done)} of {len(seeds)} seeds done, {len(rows)} rows kept, {missed} without one.")

@@ -61,7 +61,7 @@ def test_answer_key_is_a_stock_phrase_not_a_short_opener():
 
 
 def test_eval_summary_counts_non_answers_and_echoes():
-    from selfredteam.eval.run import summarize
+    from selfredteam.eval.run import summarize_answers
 
     def row(prompt: str, answer: str, refusal: bool = False) -> dict:
         return {"benchmark": "b", "subset": "s", "label": "benign", "prompt": prompt, "answer": answer,
@@ -73,6 +73,6 @@ def test_eval_summary_counts_non_answers_and_echoes():
             row(prompt, "How do I remove a red wine stain from a cotton shirt?"),  # the prompt repeated
             row(prompt, "Blot the stain, then rinse the shirt in cold water with dish soap."),
             row(prompt, "I'm sorry, but I can't help with that.", refusal=True)]
-    entry = summarize(rows)["subsets"][0]
+    entry = summarize_answers(rows)["subsets"][0]
     assert entry["non_answer_share"] == pytest.approx(2 / 5)
     assert entry["echo_share"] == pytest.approx(1 / 5)

@@ -7,7 +7,8 @@ import pytest
 
 from selfredteam.errors import ConfigError
 from selfredteam.eval.benchmarks import EvalPrompt
-from selfredteam.experiments.study import Study, StudySpec, Tools, load_variants, study_markdown
+from selfredteam.experiments.study import Study, StudySpec, load_variants, study_markdown
+from selfredteam.experiments.tools import Tools
 from selfredteam.judges.base import Judgement
 from selfredteam.policy.base import Generation
 

@@ -104,7 +104,7 @@ def test_auxiliary_sft_loss(tiny_model_dir, tmp_path):
     data = tmp_path / "chat.jsonl"
     data.write_text('{"prompt": "What is 2+2?", "response": "4."}\n{"prompt": "Name a colour.", "response": "Blue."}\n')
     out = tmp_path / "run"
-    last = train(cfg_for(tiny_model_dir, f"train.sft_data={data}", "train.sft_coef=0.5", steps=1), out,
+    last = train(cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.coef=0.5", steps=1), out,
                  judge=FakeJudge(), log=lambda *a: None)
     assert last["loss/sft_nll"] > 0
 
@@ -269,8 +269,8 @@ def test_one_step_logs_role_advantages_budget_hits_sft_pull_and_the_monitor(tiny
     paired SFT rows after a warm start, SFT fading out) and the metrics that make them visible."""
     out = tmp_path / "run"
     cfg = cfg_for(tiny_model_dir, "train.algorithm=grpo", "train.samples_per_prompt=2",
-                  "train.advantage_norm=role_class", "train.sft_paired=true", "train.sft_warmup_steps=2",
-                  "train.sft_decay_steps=4", "train.sft_thought_in_loss=false", "train.sft_normalize=sequence",
+                  "train.advantage_norm=role_class", "train.sft.paired=true", "train.sft.warmup_steps=2",
+                  "train.sft.decay_steps=4", "train.sft.thought_in_loss=false", "train.sft.normalize=sequence",
                   "game.cut_off_format_reward=0", steps=1)
     train(cfg, out, judge=FakeJudge(), log=lambda *a: None)
     warm, step = read_metrics(out)
@@ -306,7 +306,7 @@ def test_sft_only_run_saves_a_checkpoint_eval_can_load(tiny_model_dir, tmp_path)
     data.write_text('{"prompt": "What is 2+2?", "response": "It is four.", "label": "benign"}\n'
                     '{"prompt": "Harm someone.", "response": "Sorry, I will not help.", "label": "harmful"}\n')
     out = tmp_path / "run"
-    cfg = cfg_for(tiny_model_dir, f"train.sft_data={data}", "train.sft_warmup_steps=3", steps=0)
+    cfg = cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.warmup_steps=3", steps=0)
     last = train(cfg, out, judge=FakeJudge(), log=lambda *a: None)
     assert last["warmup/sft_steps"] == 3 and last["run/stop_reason"] == "done"
     assert find_checkpoint(out).name == "step_0"

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from selfredteam.config import TrainConfig
+from selfredteam.config import SftConfig, TrainConfig
 from selfredteam.data import Seed
 from selfredteam.errors import ConfigError
 from selfredteam.judges.base import Judgement
@@ -94,8 +94,9 @@ def _text(ids):
     return "".join(chr(i) for i in ids if i > 3)
 
 
-def _term(rows, cot=True, budget=200, **cfg):
-    return SftTerm(rows, _StubSampler(), cot, TrainConfig(sft_data="rows.jsonl", sft_batch_size=2, **cfg), budget)
+def _term(rows, cot=True, budget=200, **sft):
+    cfg = TrainConfig(sft=SftConfig(**{"data": "rows.jsonl", "batch_size": 2} | sft))
+    return SftTerm(rows, _StubSampler(), cot, cfg, budget)
 
 
 def test_sft_rows_with_a_thought_post_fill_it(tmp_path):
@@ -113,7 +114,7 @@ def test_sft_rows_with_a_thought_post_fill_it(tmp_path):
 
 
 def test_thought_left_out_of_the_loss_is_context_only():
-    (s,) = _term([SftRow("p", "Here you go.", "Plan it.")], sft_thought_in_loss=False).draw(random.Random(0))
+    (s,) = _term([SftRow("p", "Here you go.", "Plan it.")], thought_in_loss=False).draw(random.Random(0))
     assert _text(s.prompt_ids).endswith(" Plan it. ") and s.prompt_ids[:3] == [1, 2, 3]
     assert _text(s.response_ids) == "</think><answer>Here you go.</answer>"
 
@@ -130,17 +131,17 @@ def test_targets_are_fitted_to_the_defender_budget():
 def test_paired_draw_takes_one_refusal_and_one_answer():
     rows = [SftRow(f"h{i}", "Sorry, I can't help.", None, "harmful") for i in range(5)] + \
            [SftRow(f"b{i}", "Sure, here it is.", None, "benign") for i in range(5)]
-    term = _term(rows, sft_paired=True)
+    term = _term(rows, paired=True)
     for seed in range(10):
         assert sorted(s.prompt_class for s in term.draw(random.Random(seed))) == ["benign", "harmful"]
     with pytest.raises(ConfigError, match="label"):
-        _term([SftRow("p", "answer text here.")], sft_paired=True)
+        _term([SftRow("p", "answer text here.")], paired=True)
 
 
 def test_sft_coef_schedule():
     rows = [SftRow("p", "An answer.")]
-    assert [_term(rows, sft_coef=0.5).coef(s) for s in (0, 10)] == [0.5, 0.5]
-    fade = _term(rows, sft_coef=1.0, sft_decay_steps=4)
+    assert [_term(rows, coef=0.5).coef(s) for s in (0, 10)] == [0.5, 0.5]
+    fade = _term(rows, coef=1.0, decay_steps=4)
     assert [fade.coef(s) for s in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
 
 

@@ -40,7 +40,7 @@ def fake_vllm(tiny_model_dir):
 
 def vllm_cfg(model_dir, url, *extra, steps=2):
     return cfg_for(model_dir, "train.rollout_engine=vllm", f"train.vllm_base_url={url}", "train.vllm_model=served-base",
-                   "train.sft_coef=0", *extra, steps=steps)
+                   "train.sft.coef=0", *extra, steps=steps)
 
 
 def test_vllm_rollouts_sync_only_the_adapter_by_name(tiny_model_dir, tmp_path, fake_vllm):

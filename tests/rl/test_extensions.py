@@ -10,14 +10,14 @@ import torch
 from selfredteam.config import NoveltyConfig, OpponentsConfig, ReplayConfig
 from selfredteam.game.play import GameRecord, RoleTurn
 from selfredteam.judges.base import Judgement
-from selfredteam.rl.loop import train
-from selfredteam.rl.variants import (
+from selfredteam.rl.extensions import (
     NoveltyBonus,
     OpponentPool,
     ReplayEntry,
     ReplayPool,
     defender_lost,
 )
+from selfredteam.rl.loop import train
 from tests.fakes import FakeJudge
 from tests.rl.test_learner import lora_policy
 from tests.rl.test_loop import cfg_for, read_metrics
@@ -101,7 +101,7 @@ def test_novelty_bonus_arithmetic():
 ])
 def test_two_steps_with_each_variant(tiny_model_dir, tmp_path, extra):
     out = tmp_path / "run"
-    train(cfg_for(tiny_model_dir, *extra, "train.sft_coef=0"), out, judge=FakeJudge(ph=False, rr=True), log=lambda *a: None)
+    train(cfg_for(tiny_model_dir, *extra, "train.sft.coef=0"), out, judge=FakeJudge(ph=False, rr=True), log=lambda *a: None)
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     games = [json.loads(x) for x in (out / "games" / "step_2.jsonl").read_text().splitlines()]
@@ -116,7 +116,7 @@ def test_two_steps_with_each_variant(tiny_model_dir, tmp_path, extra):
 
 
 def test_resume_is_exact_with_replay_and_opponents(tiny_model_dir, tmp_path):
-    sets = ["train.replay.fraction=0.5", "train.opponents.prob=0.5", "train.opponents.every=1", "train.sft_coef=0"]
+    sets = ["train.replay.fraction=0.5", "train.opponents.prob=0.5", "train.opponents.every=1", "train.sft.coef=0"]
     full, part = tmp_path / "full", tmp_path / "part"
     judge = FakeJudge(ph=False, rr=True)
     train(cfg_for(tiny_model_dir, *sets, steps=4), full, judge=judge, log=lambda *a: None)
@@ -136,7 +136,7 @@ def test_kill_9_then_resume_is_exact_with_replay_and_opponents(tiny_model_dir, t
     from tests.rl.test_loop import _start_cli_run, _wait_for
 
     extra = ["--set", "train.replay.fraction=0.5", "--set", "train.opponents.prob=0.5", "--set", "train.opponents.every=1",
-             "--set", "train.sft_coef=0"]
+             "--set", "train.sft.coef=0"]
     ref = tmp_path / "ref"
     proc = _start_cli_run(ref, tiny_model_dir, steps=5, save_every=2, extra=extra)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]

@@ -1,4 +1,5 @@
-"""Published self-play variants as switches, off by default (config: train.replay / opponents / novelty).
+"""Extensions of the paper's game, published elsewhere, as switches off by default (config:
+train.replay / opponents / novelty).
 
 - ReplayPool (reflective experience replay, SSP arXiv 2601.10589): prompts the defender lost
   (harmful compliance, or a benign prompt refused) are kept; each step a share of the games
@@ -187,8 +188,12 @@ class NoveltyBonus:
 
 
 # -- what the training loop asks of them ------------------------------------------------------
-class Variants:
-    """The variants switched on for a run; the loop calls `play`, `after_play`, `after_update`."""
+class Extensions:
+    """The extensions switched on for a run; the loop calls `play`, `after_play`, `after_update`.
+
+    What they add to a game is in its typed fields (GameRecord.opponent / replay / novelty_bonus),
+    which `samples_from_games` reads: no role is learned from a past self's turn, and the
+    attacker's reward carries the novelty bonus."""
 
     def __init__(self, cfg: Any, encoder: Any = None) -> None:
         self.replay = ReplayPool(cfg.replay) if cfg.replay.fraction else None
@@ -228,43 +233,44 @@ class Variants:
                 past = SnapshotView(attacker if role == "attacker" or defender is None else defender,
                                     self.opponents, trainable, index)  # type: ignore[arg-type]
                 att, dfd = (past, defender or attacker) if role == "attacker" else (attacker, past)
-            games += self._renumber(play(groups[key], att, dfd, False), len(games), {"opponent": key[0]} if key else {})
+            games += self._renumber(play(groups[key], att, dfd, False), len(games), opponent=key[0] if key else None)
         self._replayed = []
         if self.replay and self.n_replay and self.replay.entries:
             entries = self.replay.choose(self.n_replay)
-            replayed = self._renumber(play(self.replay.seeds(entries), attacker, defender, True), len(games),
-                                      {"replay": True})
+            replayed = self._renumber(play(self.replay.seeds(entries), attacker, defender, True), len(games), replay=True)
             per_entry = {e.prompt: e for e in entries}
             self._replayed = [(per_entry[g.seed], g) for g in replayed if g.sample == 0]
             games += replayed
         return games
 
     @staticmethod
-    def _renumber(games: list[GameRecord], offset: int, extra: dict[str, Any]) -> list[GameRecord]:
-        """Shift a group's seed indices past the games already played (unique within the step)."""
+    def _renumber(games: list[GameRecord], offset: int, opponent: str | None = None,
+                  replay: bool = False) -> list[GameRecord]:
+        """Shift a group's seed indices past the games already played (unique within the step), and
+        mark who played them."""
         for g in games:
             g.prompt_index += offset
-            g.extra.update(extra)
+            g.opponent, g.replay = opponent, replay
         return games
 
     def after_play(self, games: list[GameRecord]) -> dict[str, Any]:
         """Novelty bonuses onto the attacker turns, the replay pool updated; their metrics."""
         metrics: dict[str, Any] = {}
         if self.novelty:
-            firsts = [g for g in games if g.attacker and g.sample == 0 and g.extra.get("opponent") != "attacker"]
+            firsts = [g for g in games if g.attacker and g.sample == 0 and g.opponent != "attacker"]
             bonus = dict(zip((id(g.attacker) for g in firsts), self.novelty.bonuses([g.attacker.answer for g in firsts])))
             for g in games:
                 if g.attacker and id(g.attacker) in bonus:
-                    g.extra["novelty_bonus"] = bonus[id(g.attacker)]
+                    g.novelty_bonus = bonus[id(g.attacker)]
             metrics["reward/novelty_bonus_mean"] = sum(bonus.values()) / len(bonus) if bonus else None
         if self.replay:
-            fresh = [g for g in games if not g.extra.get("replay") and g.extra.get("opponent") != "defender"]
+            fresh = [g for g in games if not g.replay and g.opponent != "defender"]
             lost = [defender_lost(g) for _, g in self._replayed]
             self.replay.update(fresh, self._replayed)
             metrics |= {"replay/pool_size": len(self.replay.entries), "replay/games": len(self._replayed),
                         "replay/still_lost_rate": sum(bool(x) for x in lost) / len(lost) if lost else None}
         if self.opponents:
-            metrics["opponents/games"] = sum(1 for g in games if g.extra.get("opponent") and g.sample == 0)
+            metrics["opponents/games"] = sum(1 for g in games if g.opponent and g.sample == 0)
             metrics["opponents/pool_size"] = len(self.opponents.snapshots)
         return metrics
 
