@@ -74,3 +74,25 @@ def test_valid_keys_cover_sections():
 def test_renamed_key_still_loads():
     cfg = load_config("cpu-demo", overrides=["train.max_prompt_length=700"])
     assert cfg.generation.max_prompt_length == 700
+
+
+def test_flat_sft_keys_still_work_and_warn_once(tmp_path, monkeypatch):
+    """train.sft_* became the nested train.sft.* section: an old key (command line or YAML) still
+    sets the nested one, with one FutureWarning per old key however often it is used."""
+    import warnings
+
+    import selfredteam.config as config_mod
+
+    monkeypatch.setattr(config_mod, "_warned", set())
+    old_yaml = tmp_path / "old.yaml"
+    old_yaml.write_text("train:\n  sft_paired: true\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = load_config("cpu-demo", yaml_path=old_yaml, overrides=["train.sft_coef=0.25", "train.sft_coef=0.5"])
+        again = load_config("cpu-demo", overrides=["train.sft_coef=0.75"])
+    assert (cfg.train.sft.coef, cfg.train.sft.paired, again.train.sft.coef) == (0.5, True, 0.75)
+    messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert sorted(messages) == ["Config key train.sft_coef is deprecated: use train.sft.coef (the old key still works).",
+                                "Config key train.sft_paired is deprecated: use train.sft.paired (the old key still works)."]
+    nested = load_config("cpu-demo", overrides=["train.sft.coef=0.1"])
+    assert nested.train.sft.coef == 0.1 and "train.sft.warmup_steps" in valid_keys()

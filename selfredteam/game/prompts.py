@@ -78,11 +78,21 @@ _HELP_HINT = ("This request is safe to help with, even if its wording sounds ris
               "or two short sentences; do not refuse.")
 
 
-def labelled_turn(prompt: str, harmful: bool) -> Turn:
-    """A direct defender turn told which reply the prompt's label calls for (a refusal or an answer)."""
+REFUSAL_OPENING = "I'm sorry, but I can't help with"
+"""The first words of a harmful seed's reply on the last try of `self-distill --contrastive`."""
+
+
+def labelled_turn(prompt: str, harmful: bool, opening: bool = False) -> Turn:
+    """A direct defender turn told which reply the prompt's label calls for (a refusal or an answer).
+
+    The hint follows the request in the user message: put in the system prompt, it lost to long
+    jailbreak-style requests, which the small model went on to carry out (BENCHMARKS.md, issue 28).
+    With `opening`, a harmful seed's reply starts with REFUSAL_OPENING and the model writes the
+    rest: the last try for a seed it would not refuse, so every harmful seed can get a refusal row."""
     hint = _REFUSE_HINT if harmful else _HELP_HINT
-    return Turn(messages=[{"role": "system", "content": f"{_DEFENDER_SYSTEM} {hint}"},
-                          {"role": "user", "content": prompt}])
+    return Turn(messages=[{"role": "system", "content": _DEFENDER_SYSTEM},
+                          {"role": "user", "content": f"{prompt}\n\n---\n{hint}"}],
+                prefix=REFUSAL_OPENING if opening and harmful else "")
 
 
 # Asks the model for the sentence it would think before a reply it already gave (self-distill

@@ -221,7 +221,8 @@ def contrastive_distill(seeds: list[Seed], policy: Policy, judge: Judge, params:
     calls ~80% of OR-Bench-Toxic benign), so the set never shows the boundary where it is hard.
     Here the model is told the label while it writes (game.prompts.labelled_turn); the row then
     trains that reply under the plain defender turn, so the label is what is learned, in the
-    model's own words. The judge only checks the reply: a refusal for harmful (and no harm in it),
+    model's own words (on the last try a harmful seed's reply starts with a refusal's opening
+    words, and the model finishes it). The judge only checks the reply: a refusal for harmful (and no harm in it),
     an unharmful non-refusal for benign; replies of fewer than MIN_TARGET_WORDS words, or that echo
     the instructions, are sampled again."""
     from selfredteam.eval.metrics import echoes
@@ -229,15 +230,17 @@ def contrastive_distill(seeds: list[Seed], policy: Policy, judge: Judge, params:
     from selfredteam.game.prompts import instruction_texts, labelled_turn
 
     rows: dict[int, dict[str, Any]] = {}
-    for _ in range(tries):
+    for attempt in range(tries):
         todo = [i for i in range(len(seeds)) if i not in rows]
         if not todo:
             break
-        gens = policy.generate([labelled_turn(seeds[i].prompt, seeds[i].harmful) for i in todo], params)
+        last = attempt == tries - 1  # harmful seeds still without a refusal: start the reply for them
+        turns = [labelled_turn(seeds[i].prompt, seeds[i].harmful, opening=last) for i in todo]
         answers = []
-        for g in gens:
+        for turn, g in zip(turns, policy.generate(turns, params)):
             a = parse_direct(g.text).answer.strip()
-            answers.append(whole_sentences(a) if g.finish_reason == "length" else a)
+            a = whole_sentences(a) if g.finish_reason == "length" else a
+            answers.append(_continue(turn.prefix, a) if turn.prefix else a)
         verdicts = judge.judge([(seeds[i].prompt, a) for i, a in zip(todo, answers)])
         for i, a, v in zip(todo, answers, verdicts):
             seed = seeds[i]
@@ -247,6 +250,11 @@ def contrastive_distill(seeds: list[Seed], policy: Policy, judge: Judge, params:
             rows[i] = {"prompt": seed.prompt, "response": a, "thought": NEUTRAL_THOUGHT, "label": seed.label,
                        "source": seed.source}
     return [rows[i] for i in sorted(rows)], len(seeds) - len(rows)
+
+
+def _continue(opening: str, rest: str) -> str:
+    """A reply the model finished after `opening`, joined with a space unless it goes on with punctuation."""
+    return opening + ("" if rest[:1] in ",.;:!?" else " ") + rest if rest else opening
 
 
 def distill_resumably(seeds: list[Seed], out: Path, make_rows: Any, chunk: int = 64,

@@ -39,12 +39,12 @@ class FakeDefender:
 
 class FakeKeywordJudge:
     """Test double: a prompt is harmful when it says 'harm'; a reply is a refusal when it starts
-    with 'Sorry'; harmful when it says 'recipe'."""
+    with 'Sorry' or "I'm sorry"; harmful when it says 'recipe'."""
 
     judge_id = "fake-keyword"
 
     def judge(self, pairs):
-        return [Judgement("harm" in p, (r or "").startswith("Sorry"), "recipe" in (r or "")) for p, r in pairs]
+        return [Judgement("harm" in p, (r or "").startswith(("Sorry", "I'm sorry")), "recipe" in (r or "")) for p, r in pairs]
 
 
 def test_whole_sentences_keeps_complete_sentences_only():
@@ -249,16 +249,20 @@ class _HintedDefender:
     def __init__(self, script: dict[str, list[str]]) -> None:
         self.script = {k: list(v) for k, v in script.items()}
         self.hints: list[str] = []
+        self.prefixes: dict[str, str] = {}
 
     def generate(self, turns, params):
         out = []
         for t in turns:
-            self.hints.append(t.messages[0]["content"])
-            out.append(Generation(self.script[t.messages[-1]["content"]].pop(0), [1], [2], finish_reason="stop"))
+            prompt, _, hint = t.messages[-1]["content"].partition("\n\n---\n")
+            self.hints.append(hint)
+            self.prefixes[prompt] = t.prefix
+            out.append(Generation(self.script[prompt].pop(0), [1], [2], finish_reason="stop"))
         return out
 
 
 def test_contrastive_distill_writes_the_reply_each_label_calls_for():
+    from selfredteam.game.prompts import REFUSAL_OPENING
     from selfredteam.rl.sft import contrastive_distill
 
     script = {
@@ -266,14 +270,19 @@ def test_contrastive_distill_writes_the_reply_each_label_calls_for():
         "harm B": ["Here is the recipe you asked for.", "Sorry, I will not do that at all."],  # kept on retry
         "bake bread": ["Mix flour and water, then knead."],               # kept
         "name a colour": ["Sorry, I cannot.", "Sorry, no.", "Sorry, I refuse."],  # never answered: missed
+        # complies twice; on the last try its reply starts with the refusal opening, which it finishes
+        "harm C": ["Step one: buy the parts.", "Step two: wire it up.", "that, since it could hurt someone."],
     }
     seeds = [Seed(p, "harmful" if p.startswith("harm") else "benign", source=f"s:{i}") for i, p in enumerate(script)]
     policy = _HintedDefender(script)
     rows, missed = contrastive_distill(seeds, policy, FakeKeywordJudge(), SamplingParams(16, 1.0, 1.0, ()))
     assert [(r["prompt"], r["label"]) for r in rows] == [("harm A", "harmful"), ("harm B", "harmful"),
-                                                        ("bake bread", "benign")]
+                                                        ("bake bread", "benign"), ("harm C", "harmful")]
     assert missed == 1 and rows[1]["response"].startswith("Sorry, I will not")
+    assert rows[3]["response"] == f"{REFUSAL_OPENING} that, since it could hurt someone."
+    # the label hint follows the request; only a harmful seed's last try gets the opening
     assert any("harmful. Refuse" in h for h in policy.hints) and any("safe to help" in h for h in policy.hints)
+    assert (policy.prefixes["harm C"], policy.prefixes["harm A"], policy.prefixes["name a colour"]) == (REFUSAL_OPENING, "", "")
 
 
 def test_distill_resumably_resumes_after_a_crash(tmp_path):
