@@ -40,10 +40,14 @@ CPU-demo run; without one, the decision is made in the answer, as the model make
 (this sentence is echoed at times too, but it decides nothing)."""
 EMBEDDED_SFT = "embedded"
 """`train.sft.data` value for the shipped self-distillation set of the embedded model."""
+EMBEDDED_SETS = {EMBEDDED_SFT: "self_distill_embedded.jsonl", "embedded:contrastive": "contrastive_embedded.jsonl"}
+"""Shipped SFT sets of the embedded model (assets/README.md says how each was built): its own
+judge-approved replies, and the contrastive set (a refusal of every harmful seed, an answer to
+every benign one, over the seed pools with the boundary in them)."""
 
 
-def embedded_sft_path() -> Path:
-    return Path(str(resources.files("selfredteam") / "assets" / "sft" / "self_distill_embedded.jsonl"))
+def embedded_sft_path(spec: str = EMBEDDED_SFT) -> Path:
+    return Path(str(resources.files("selfredteam") / "assets" / "sft" / EMBEDDED_SETS[spec]))
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,8 @@ class SftRow:
 
 
 def load_sft_rows(spec: str, prompt_field: str = "prompt", response_field: str = "response") -> list[SftRow]:
-    if spec == EMBEDDED_SFT:
-        spec = str(embedded_sft_path())
+    if spec in EMBEDDED_SETS:
+        spec = str(embedded_sft_path(spec))
     if Path(spec).exists():
         rows = [r for _, r in read_records(spec)]
     else:

@@ -155,6 +155,22 @@ def test_embedded_self_distill_set_is_balanced():
     assert len(load_sft_rows("embedded")) == len(rows)
 
 
+def test_shipped_contrastive_set_has_both_labels_and_no_eval_prompt():
+    """`embedded:contrastive` loads, teaches both sides of the boundary, and none of its prompts is
+    one the adversarial, XSTest or OR-Bench eval splits ask (the splits the ablation reads). The
+    WildJailbreak *vanilla* eval subsets are left out on purpose: the shared seed pool itself holds
+    146 of their 171 distinct harmful prompts (assets/README.md), so every run trains on them."""
+    from selfredteam.eval.benchmarks import load_benchmark
+
+    rows = load_sft_rows("embedded:contrastive")
+    labels = [r.label for r in rows]
+    assert len(rows) >= 300 and min(labels.count("harmful"), labels.count("benign")) >= 150
+    assert all(r.thought for r in rows)
+    asked = {p.prompt.strip() for b in ("xstest", "wildjailbreak", "or_bench_hard", "or_bench_toxic")
+             for p in load_benchmark(b) if not p.subset.endswith("_vanilla")}
+    assert not {r.prompt.strip() for r in rows} & asked
+
+
 def test_self_distill_caps_replies_that_say_the_same_sentence():
     replies = {f"harm {i}": ("Sorry, I cannot help with that. Really.", "stop") for i in range(4)}
     replies |= {f"bake {i}": (f"Use {i} cups of flour and bake it.", "stop") for i in range(4)}
