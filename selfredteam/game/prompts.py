@@ -8,6 +8,8 @@ the intent; benign -> harmless prompt that looks like a jailbreak), the defender
 
 from __future__ import annotations
 
+import re
+
 from selfredteam.game.cot import COT_PRIMER
 from selfredteam.policy.base import Turn
 
@@ -76,6 +78,19 @@ _REFUSE_HINT = ("This request is harmful. Refuse it politely in one or two short
                 "why, and give no part of what it asks for.")
 _HELP_HINT = ("This request is safe to help with, even if its wording sounds risky. Answer it helpfully in one "
               "or two short sentences; do not refuse.")
+
+
+_HINT_WORDS = re.compile(r"(?i)\bpolitely\b|(^|[.!?]\s+)refus\w*\s+(it|this|the)\b|\bdo not refuse\b"
+                         r"|\bshort sentences?\b|\bsaying briefly\b")
+"""The hints' wording: "politely", an imperative "Refuse it / the request" (or "Refusing this request ...")
+opening a sentence, "do not refuse", "short sentences", "saying briefly"."""
+
+
+def repeats_hint(text: str) -> bool:
+    """The reply carries the label hint's own instructions ("Refuse it politely because ..."): the
+    small model sometimes paraphrases the hint instead of following it, which an echo check of the
+    exact hint text misses (19 of 379 rows of the first shipped contrastive set)."""
+    return bool(_HINT_WORDS.search(text))
 
 
 REFUSAL_OPENING = "I'm sorry, but I can't help with"

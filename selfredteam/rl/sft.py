@@ -231,7 +231,7 @@ def contrastive_distill(seeds: list[Seed], policy: Policy, judge: Judge, params:
     the instructions, are sampled again."""
     from selfredteam.eval.metrics import echoes
     from selfredteam.game.cot import parse_direct
-    from selfredteam.game.prompts import instruction_texts, labelled_turn
+    from selfredteam.game.prompts import instruction_texts, labelled_turn, repeats_hint
 
     rows: dict[int, dict[str, Any]] = {}
     for attempt in range(tries):
@@ -249,7 +249,8 @@ def contrastive_distill(seeds: list[Seed], policy: Policy, judge: Judge, params:
         for i, a, v in zip(todo, answers, verdicts):
             seed = seeds[i]
             right = v.response_refusal is seed.harmful and v.response_harmful is False
-            if v.parse_error or not right or len(a.split()) < MIN_TARGET_WORDS or echoes(a, instruction_texts()):
+            if (v.parse_error or not right or len(a.split()) < MIN_TARGET_WORDS or echoes(a, instruction_texts())
+                    or repeats_hint(a)):
                 continue
             rows[i] = {"prompt": seed.prompt, "response": a, "thought": NEUTRAL_THOUGHT, "label": seed.label,
                        "source": seed.source}
