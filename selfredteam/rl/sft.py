@@ -228,7 +228,7 @@ def contrastive_distill(seeds: list[Seed], policy: Policy, judge: Judge, params:
     model's own words (on the last try a harmful seed's reply starts with a refusal's opening
     words, and the model finishes it). The judge only checks the reply: a refusal for harmful (and no harm in it),
     an unharmful non-refusal for benign; replies of fewer than MIN_TARGET_WORDS words, or that echo
-    the instructions, are sampled again."""
+    the instructions or paraphrase the label hint (game.prompts.repeats_hint), are sampled again."""
     from selfredteam.eval.metrics import echoes
     from selfredteam.game.cot import parse_direct
     from selfredteam.game.prompts import instruction_texts, labelled_turn, repeats_hint
