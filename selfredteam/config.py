@@ -203,6 +203,11 @@ class SftConfig:
     """Draw as many refusal rows (label harmful) as answer rows (label benign) every step, instead
     of at random: a draw of refusals alone raises refusal on benign prompts as much as on harmful
     ones; a paired draw pushes both ways at once."""
+    pair_by: Literal["label", "source"] = "label"
+    """With `paired`: `label` draws the refusal and the answer from the whole set; `source` draws
+    both from one seed file when a file holds both labels (rows name it in a `source` field), so
+    on a set with more jailbreak-style refusals than jailbreak-style answers the form of a prompt
+    does not predict the label (issue 28: the contrastive set has 63 and 31)."""
     normalize: Literal["token", "sequence"] = "token"
     """`token`: NLL summed over tokens / all target tokens (long answers outweigh short refusals);
     `sequence`: mean NLL per row, then mean over rows (each row weighs the same)."""

@@ -37,6 +37,9 @@ from selfredteam.rl.logprobs import PackedBatch, pack, response_logprobs, scatte
 from selfredteam.rl.model import TrainablePolicy
 from selfredteam.rl.timing import Timings
 
+SFT_TRUNK_BYTES = 1 << 30
+"""The most memory the SFT rows' kept trunk states may take (cpu-demo's 78 rows: ~40 MB)."""
+
 LEARN_PHASES = ("learn_ref_logprob", "learn_old_logprob", "learn_fwd_bwd", "learn_sft", "learn_optimizer")
 """The update's timed phases (metrics `timing/<phase>_s`)."""
 
@@ -55,7 +58,8 @@ class Sample:
     """The seed's label (`harmful` / `benign`): per-class advantage normalisation and metrics."""
     old_logprobs: list[float] | None = None
     trunk: Any = None
-    """Hidden states after the frozen trunk captured while sampling ([prompt + response, H]), if any."""
+    """Hidden states after the frozen trunk ([prompt + response, H]), if any: captured while
+    sampling (game turns) or on an SFT row's first pass (`Learner._sft_logprobs`)."""
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Learner:
         elif self.world > 1:
             self.train_model = accelerator.prepare_model(policy.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(cfg.warmup_steps))
+        self._sft_trunk_bytes = 0
         self.lockstep = self.fsdp or self.engine is not None
         """Every forward is a collective (FSDP, ZeRO-3): all processes run the same number."""
 
@@ -200,7 +205,7 @@ class Learner:
         for mb, real in self._padded(self._micro_batches(list(range(len(sft))), sft)):
             batch = self._pack(sft, mb)
             with self.policy.role("defender"):
-                lp, _ = response_logprobs(self.train_model, batch)  # SFT: the untempered model
+                lp, _ = self._sft_logprobs(sft, mb, batch)
             if per_sequence:
                 lengths = batch.response_mask.sum(1).clamp(min=1).to(lp.device)
                 nll = -(lp.sum(1) / lengths).sum() / len(sft)
@@ -209,6 +214,27 @@ class Learner:
             self._backward(coef * nll * float(real))
             total += nll.item() if real else 0.0
         return total
+
+    def _sft_logprobs(self, rows: list[Sample], mb: list[int], batch: PackedBatch):
+        """Log-probs of SFT targets under the untempered policy, with grad. An SFT row is the same
+        tokens every time it is drawn, so its frozen-trunk states never change: the first pass over
+        a row keeps them on the row (up to SFT_TRUNK_BYTES in all) and later draws run only the
+        top layers, as the game samples do (an SFT warm-up of several passes pays the trunk once)."""
+        if not (self.policy.frozen_layers and self.world == 1):
+            return response_logprobs(self.train_model, batch)
+        kept = [rows[i].trunk for i in mb]
+        if all(t is not None for t in kept):
+            with self.policy.top_layers_only():
+                return response_logprobs(self.train_model, batch, inputs_embeds=scatter_rows(batch, kept))
+        captured: list[torch.Tensor] = []
+        with self.policy.capture_trunk(captured):
+            out = response_logprobs(self.train_model, batch)
+        for row, i in enumerate(mb):
+            states = captured[0][row][batch.attention_mask[row].bool()].detach()
+            if rows[i].trunk is None and self._sft_trunk_bytes + states.nbytes <= SFT_TRUNK_BYTES:
+                rows[i].trunk = states
+                self._sft_trunk_bytes += states.nbytes
+        return out
 
     def sft_step(self, sft: list[Sample]) -> float:
         """One optimizer step on the SFT loss alone (train.sft.warmup_steps); returns the NLL."""

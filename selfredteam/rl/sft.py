@@ -57,6 +57,9 @@ class SftRow:
     thought: str | None = None
     label: str | None = None
     """`harmful` (the response refuses) or `benign` (it answers), when the data says: paired draws."""
+    source: str | None = None
+    """The seed file the row's prompt came from (its `source` field without the line number):
+    `train.sft.pair_by=source` pairs rows within a file that holds both labels."""
 
 
 def load_sft_rows(spec: str, prompt_field: str = "prompt", response_field: str = "response") -> list[SftRow]:
@@ -77,9 +80,10 @@ def load_sft_rows(spec: str, prompt_field: str = "prompt", response_field: str =
         p, a = r.get(prompt_field), r.get(response_field)
         if not isinstance(p, str) or not isinstance(a, str):
             raise DataError(f"{spec}: record {i} needs string fields {prompt_field!r} and {response_field!r}.")
-        thought, label = r.get("thought"), r.get("label")
+        thought, label, source = r.get("thought"), r.get("label"), r.get("source")
         out.append(SftRow(p, a, thought if isinstance(thought, str) and thought.strip() else None,
-                          label if label in ("harmful", "benign") else None))
+                          label if label in ("harmful", "benign") else None,
+                          source.rsplit(":", 1)[0] if isinstance(source, str) and source else None))
     if not out:
         raise DataError(f"SFT data {spec} is empty.")
     return out
@@ -97,16 +101,20 @@ class SftTerm:
         self.cfg, self.cot = cfg, cot
         self.samples: dict[str | None, list[Sample]] = {}
         self.cut = self.dropped = 0
-        for row in rows:
-            sample = self._encode(row, sampler, max_new_tokens)
-            if sample is not None:
-                self.samples.setdefault(row.label if cfg.sft.paired else None, []).append(sample)
+        encoded = [(row, self._encode(row, sampler, max_new_tokens)) for row in rows]
+        encoded = [(row, sample) for row, sample in encoded if sample is not None]
+        for row, sample in encoded:
+            self.samples.setdefault(row.label if cfg.sft.paired else None, []).append(sample)
+        self.strata = self._strata(encoded) if cfg.sft.paired and cfg.sft.pair_by == "source" else []
+        """pair_by=source: (weight, rows by label) per source file holding both labels, then the rest."""
         if cfg.sft.paired and not (self.samples.get("harmful") and self.samples.get("benign")):
             raise ConfigError(
                 "train.sft.paired draws one refusal (label harmful) and one answer (label benign) each step, "
                 f"but {cfg.sft.data} has {len(self.samples.get('harmful', []))} rows labelled harmful and "
                 f"{len(self.samples.get('benign', []))} labelled benign (after fitting to the token budget). "
                 "Add a `label` field to the rows or set train.sft.paired=false.")
+        if cfg.sft.pair_by == "source" and not cfg.sft.paired:
+            raise ConfigError("train.sft.pair_by=source chooses how paired draws pair rows: set train.sft.paired=true.")
         if not any(self.samples.values()):
             raise DataError(f"No SFT row of {cfg.sft.data} fits generation.defender_max_new_tokens={max_new_tokens}.")
 
@@ -139,6 +147,23 @@ class SftTerm:
         return Sample("defender", prompt, before + answer + after + [tok.eos_token_id], 0.0,
                       prompt_class=row.label or "")
 
+    @staticmethod
+    def _strata(encoded: list[tuple[SftRow, Sample]]) -> list[tuple[int, dict[str, list[Sample]]]]:
+        """Rows grouped for pair_by=source: one group per source file that holds both labels (a
+        jailbreak-style refusal is then paired with a jailbreak-style answer, so the form of a
+        prompt does not predict its label), one group of all other rows; weighted by size."""
+        files: dict[str | None, dict[str, list[Sample]]] = {}
+        for row, sample in encoded:
+            files.setdefault(row.source, {}).setdefault(row.label or "", []).append(sample)
+        mixed = {f for f, by in files.items() if f is not None and by.get("harmful") and by.get("benign")}
+        rest: dict[str, list[Sample]] = {}
+        for f, by in files.items():
+            if f not in mixed:
+                for label, samples in by.items():
+                    rest.setdefault(label, []).extend(samples)
+        groups = [files[f] for f in sorted(mixed)] + ([rest] if rest.get("harmful") and rest.get("benign") else [])
+        return [(sum(map(len, g.values())), g) for g in groups]
+
     def coef(self, step: int) -> float:
         """sft.coef at RL step `step` (0-based): constant, or fading linearly to 0 at sft.decay_steps."""
         c = self.cfg.sft
@@ -149,7 +174,10 @@ class SftTerm:
         n = self.cfg.sft.batch_size or self.cfg.micro_batch_size
         if self.cfg.sft.paired:
             k = max(1, n // 2)
-            return [s for label in ("harmful", "benign") for s in rng.sample(self.samples[label], min(k, len(self.samples[label])))]
+            by_label = self.samples
+            if self.strata:
+                by_label = rng.choices([g for _, g in self.strata], weights=[w for w, _ in self.strata])[0]
+            return [s for label in ("harmful", "benign") for s in rng.sample(by_label[label], min(k, len(by_label[label])))]
         pool = self.samples[None]
         return rng.sample(pool, min(n, len(pool)))
 

@@ -205,3 +205,28 @@ def test_sampling_keeps_the_adapter_live_over_fp16_packed_weights():
     torch.testing.assert_close(merged, exact, atol=2e-3, rtol=2e-3)
     with policy.reference() as ref, torch.no_grad():
         assert not torch.allclose(ref(ids).logits, live, atol=1e-3)  # the adapter was applied
+
+
+def test_sft_rows_keep_their_trunk_states_and_train_the_same():
+    """An SFT row's frozen-trunk states are kept on its first pass; later draws run only the top
+    layers and must give the same NLL and the same update as passes through the whole stack."""
+    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
+    plain = [copy.copy(s) for s in rows]
+    a, c = lora_policy(0, frozen_layers=1), lora_policy(0, frozen_layers=1)
+    c.frozen_layers = 0  # same adapters, every pass through the whole stack
+    cfg = TrainConfig(lr=1e-2, micro_batch_size=2)
+    la, lc = Learner(a, cfg), Learner(c, cfg)
+    for draw in (rows[:2], rows[1:], rows):  # the second and third draws reuse kept rows
+        assert abs(la.sft_step(draw) - lc.sft_step([plain[rows.index(s)] for s in draw])) < 1e-6
+    assert all(s.trunk is not None and s.trunk.shape == (len(s.prompt_ids) + len(s.response_ids), 32) for s in rows)
+    assert all(s.trunk is None for s in plain)
+    sa, sc = lora_state(a), lora_state(c)
+    assert all(torch.allclose(sa[k], sc[k], atol=1e-6) for k in sa)
+
+
+def test_sft_trunk_states_stop_at_the_memory_cap(monkeypatch):
+    monkeypatch.setattr("selfredteam.rl.learner.SFT_TRUNK_BYTES", 1)
+    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
+    Learner(lora_policy(0, frozen_layers=1), TrainConfig(lr=1e-2, micro_batch_size=2)).sft_step(rows)
+    assert all(s.trunk is None for s in rows)
+

@@ -128,6 +128,27 @@ def test_targets_are_fitted_to_the_defender_budget():
     assert term.cut == 1 and term.dropped == 1
 
 
+def test_pair_by_source_pairs_rows_of_a_file_that_holds_both_labels(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows = ([{"prompt": f"a{i}", "response": "No, a.", "label": "harmful", "source": f"/x/adv.jsonl:{i}"} for i in range(3)]
+            + [{"prompt": "a9", "response": "Sure, a.", "label": "benign", "source": "/x/adv.jsonl:9"}]
+            + [{"prompt": f"h{i}", "response": "No.", "label": "harmful", "source": f"/x/harm.jsonl:{i}"} for i in range(2)]
+            + [{"prompt": f"b{i}", "response": "Sure.", "label": "benign", "source": f"/x/ben.jsonl:{i}"} for i in range(6)])
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = load_sft_rows(str(path))
+    assert loaded[0].source == "/x/adv.jsonl"
+    term = _term(loaded, paired=True, pair_by="source")
+    assert [w for w, _ in term.strata] == [4, 8]  # the mixed file, then the other rows
+    rng, groups = random.Random(0), []
+    for _ in range(300):
+        adversarial = {"a." in _text(s.response_ids) for s in term.draw(rng)}
+        assert len(adversarial) == 1  # never a jailbreak-style refusal beside a plain answer
+        groups.append(adversarial == {True})
+    assert 0.2 < sum(groups) / len(groups) < 0.45  # drawn in proportion to size: 4 of 12 rows
+    with pytest.raises(ConfigError, match="paired=true"):
+        _term(loaded, pair_by="source")
+
+
 def test_paired_draw_takes_one_refusal_and_one_answer():
     rows = [SftRow(f"h{i}", "Sorry, I can't help.", None, "harmful") for i in range(5)] + \
            [SftRow(f"b{i}", "Sure, here it is.", None, "benign") for i in range(5)]
