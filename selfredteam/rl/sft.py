@@ -151,7 +151,9 @@ class SftTerm:
     def _strata(encoded: list[tuple[SftRow, Sample]]) -> list[tuple[int, dict[str, list[Sample]]]]:
         """Rows grouped for pair_by=source: one group per source file that holds both labels (a
         jailbreak-style refusal is then paired with a jailbreak-style answer, so the form of a
-        prompt does not predict its label), one group of all other rows; weighted by size."""
+        prompt does not predict its label), one group of all other rows; weighted by size. If the
+        other rows hold one label only, they are paired with rows of the other label from any file,
+        so no row goes undrawn."""
         files: dict[str | None, dict[str, list[Sample]]] = {}
         for row, sample in encoded:
             files.setdefault(row.source, {}).setdefault(row.label or "", []).append(sample)
@@ -161,8 +163,13 @@ class SftTerm:
             if f not in mixed:
                 for label, samples in by.items():
                     rest.setdefault(label, []).extend(samples)
-        groups = [files[f] for f in sorted(mixed)] + ([rest] if rest.get("harmful") and rest.get("benign") else [])
-        return [(sum(map(len, g.values())), g) for g in groups]
+        strata = [(sum(map(len, files[f].values())), files[f]) for f in sorted(mixed)]
+        if rest:
+            size = sum(map(len, rest.values()))
+            for label in ("harmful", "benign"):
+                rest.setdefault(label, [s for row, s in encoded if row.label == label])
+            strata.append((size, rest))
+        return strata
 
     def coef(self, step: int) -> float:
         """sft.coef at RL step `step` (0-based): constant, or fading linearly to 0 at sft.decay_steps."""

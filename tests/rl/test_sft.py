@@ -147,6 +147,9 @@ def test_pair_by_source_pairs_rows_of_a_file_that_holds_both_labels(tmp_path):
     assert 0.2 < sum(groups) / len(groups) < 0.45  # drawn in proportion to size: 4 of 12 rows
     with pytest.raises(ConfigError, match="paired=true"):
         _term(loaded, pair_by="source")
+    one_label_rest = _term([r for r in loaded if r.source != "/x/harm.jsonl"], paired=True, pair_by="source")
+    drawn = {_text(s.response_ids) for _ in range(200) for s in one_label_rest.draw(rng)}
+    assert {"Sure.", "Sure, a.", "No, a."} <= {t.split("<answer>")[-1].split("</answer>")[0] for t in drawn}
 
 
 def test_paired_draw_takes_one_refusal_and_one_answer():
