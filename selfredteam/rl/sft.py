@@ -105,8 +105,6 @@ class SftTerm:
         encoded = [(row, sample) for row, sample in encoded if sample is not None]
         for row, sample in encoded:
             self.samples.setdefault(row.label if cfg.sft.paired else None, []).append(sample)
-        self.strata = self._strata(encoded) if cfg.sft.paired and cfg.sft.pair_by == "source" else []
-        """pair_by=source: (weight, rows by label) per source file holding both labels, then the rest."""
         if cfg.sft.paired and not (self.samples.get("harmful") and self.samples.get("benign")):
             raise ConfigError(
                 "train.sft.paired draws one refusal (label harmful) and one answer (label benign) each step, "
@@ -117,6 +115,8 @@ class SftTerm:
             raise ConfigError("train.sft.pair_by=source chooses how paired draws pair rows: set train.sft.paired=true.")
         if not any(self.samples.values()):
             raise DataError(f"No SFT row of {cfg.sft.data} fits generation.defender_max_new_tokens={max_new_tokens}.")
+        self.strata = self._strata(encoded) if cfg.sft.paired and cfg.sft.pair_by == "source" else []
+        """pair_by=source: (weight, rows by label) per source file holding both labels, then the rest."""
 
     def _encode(self, row: SftRow, sampler: Any, budget: int) -> Sample | None:
         tok = sampler.tokenizer
@@ -147,8 +147,7 @@ class SftTerm:
         return Sample("defender", prompt, before + answer + after + [tok.eos_token_id], 0.0,
                       prompt_class=row.label or "")
 
-    @staticmethod
-    def _strata(encoded: list[tuple[SftRow, Sample]]) -> list[tuple[int, dict[str, list[Sample]]]]:
+    def _strata(self, encoded: list[tuple[SftRow, Sample]]) -> list[tuple[int, dict[str, list[Sample]]]]:
         """Rows grouped for pair_by=source: one group per source file that holds both labels (a
         jailbreak-style refusal is then paired with a jailbreak-style answer, so the form of a
         prompt does not predict its label), one group of all other rows; weighted by size. If the
@@ -167,7 +166,7 @@ class SftTerm:
         if rest:
             size = sum(map(len, rest.values()))
             for label in ("harmful", "benign"):
-                rest.setdefault(label, [s for row, s in encoded if row.label == label])
+                rest.setdefault(label, self.samples[label])
             strata.append((size, rest))
         return strata
 
