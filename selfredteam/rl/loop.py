@@ -171,6 +171,9 @@ class Run:
     sft: SftTerm | None
     rng: random.Random
     start: int
+    warmed: int
+    """SFT warm-up steps done (train.sft.warmup_steps; saved in every checkpoint, so a resume
+    neither repeats nor skips them)."""
     extensions: Extensions
     tracker: Any
     pool: list[Seed]
@@ -180,7 +183,8 @@ class Run:
 
     def save(self, step: int) -> None:
         """A resumable checkpoint after `step` completed steps: weights, optimizer, RNG, extensions."""
-        save_checkpoint(self.out, step, self.trainable, self.learner, self.rng, {"config": to_dict(self.cfg)},
+        save_checkpoint(self.out, step, self.trainable, self.learner, self.rng,
+                        {"config": to_dict(self.cfg), "sft_warmup_done": self.warmed},
                         self.is_main, self.extensions.state_dict())
 
     def any_process(self, flag: bool) -> bool:
@@ -197,18 +201,22 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     `time_limit`, or `signal`: Ctrl-C / SIGTERM stopped it early, resumable)."""
     t = cfg.train
     run = build_run(cfg, out, resume, judge, wandb_project, log)
-    if run.sft and run.start == 0 and t.sft.warmup_steps:
-        warm = _sft_warmup(run.learner, run.sft, t.sft.warmup_steps, run.rng, log)
-        run.tracker.log(0, warm)
-        if t.steps == 0:  # supervised only (the oracle row of an ablation): keep what it learned
-            run.save(0)
-            run.tracker.close()
-            return warm | {"run/stop_reason": "done"}
     last: dict[str, Any] = {}
     stop_reason = "done"
     stop = StopFlag()
-    started = time.perf_counter()
     with stop.installed(log):
+        if run.sft and run.start == 0 and run.warmed < t.sft.warmup_steps:
+            warm = _sft_warmup(run, stop)
+            run.save(0)  # minutes of SFT are not paid twice: a resume starts after them (or where Ctrl-C stopped them)
+            if stop.requested:
+                log(f"Stopped after {run.warmed} of {t.sft.warmup_steps} SFT warm-up steps; resume with --resume {out}.")
+                run.tracker.close()
+                return warm | {"run/stop_reason": "signal"}
+            run.tracker.log(0, warm)
+            if t.steps == 0:  # supervised only (the oracle row of an ablation): keep what it learned
+                run.tracker.close()
+                return warm | {"run/stop_reason": "done"}
+        started = time.perf_counter()
         for step in range(run.start, t.steps):
             if step > run.start and _out_of_time(t.time_limit_min, started, last.get("timing/step_s", 0.0), run):
                 run.save(step)
@@ -264,9 +272,12 @@ def build_run(cfg: Config, out: Path, resume: Path | None, judge: Judge | None, 
     sft = SftTerm(sft_rows, sampler, cfg.game.cot, t, g.defender_max_new_tokens) if sft_rows else None
     # Each data-parallel process plays its own games: its own seed stream.
     rng = random.Random(cfg.run.seed + 1_000_003 * rank)
-    start, extensions = 0, Extensions(t)
+    start, warmed, extensions = 0, 0, Extensions(t)
     if ckpt:
-        start = load_training_state(ckpt, learner, rng)["step"]
+        state = load_training_state(ckpt, learner, rng)
+        start = state["step"]
+        # Checkpoints older than the key: one past step 0 came after any warm-up.
+        warmed = state.get("sft_warmup_done", t.sft.warmup_steps if start else 0)
         extensions.load_state_dict(load_extensions(ckpt))
         if rank:  # checkpoints hold rank 0's RNG; other ranks start a fresh stream per step
             rng = random.Random(cfg.run.seed + 1_000_003 * rank + start)
@@ -282,7 +293,7 @@ def build_run(cfg: Config, out: Path, resume: Path | None, judge: Judge | None, 
         _sync_adapter(rollout, trainable, out, start, rank == 0, learner)
     thoughts = [NEUTRAL_THOUGHT, HELPFUL_THOUGHT] + sorted({r.thought for r in sft_rows or [] if r.thought})
     return Run(cfg, out, log, judge, rank == 0, trainable, learner, sampler, rollout, attacker, defender, sft, rng,
-               start, extensions, tracker, pool, thoughts)
+               start, warmed, extensions, tracker, pool, thoughts)
 
 
 def train_step(run: Run, step: int) -> dict[str, Any]:
@@ -429,13 +440,31 @@ def _players(cfg: Config, trainable: TrainablePolicy, sampler: Any, accelerator:
     return MeteredPolicy(attacker), (MeteredPolicy(defender) if defender is not attacker else None)
 
 
-def _sft_warmup(learner: Learner, sft: SftTerm, steps: int, rng: random.Random, log) -> dict[str, Any]:
-    """train.sft.warmup_steps optimizer steps on the SFT rows alone, before the first RL step."""
+def _sft_warmup(run: Run, stop: StopFlag) -> dict[str, Any]:
+    """train.sft.warmup_steps optimizer steps on the SFT rows alone, before the first RL step,
+    from where a resumed run left them (`run.warmed`) until done or Ctrl-C / SIGTERM. A warm-up
+    can take longer than the self-play after it (the oracle's three passes: ~24 min on 2 cores), so
+    it says how far it is."""
+    steps = run.cfg.train.sft.warmup_steps
+    first = run.warmed
+    every = max(1, steps // 10)
     timings = Timings()
+    nll: list[float] = []
+    t0 = time.perf_counter()
     with timings.timed("warmup"):
-        nll = [learner.sft_step(sft.draw(rng)) for _ in range(steps)]
-    log(f"SFT warm start: {steps} steps, NLL {nll[0]:.3f} -> {nll[-1]:.3f} ({timings.seconds['warmup']:.0f} s).")
-    return {"warmup/sft_steps": steps, "warmup/sft_nll_first": nll[0], "warmup/sft_nll_last": nll[-1]} | timings.metrics()
+        while run.warmed < steps and not stop.requested:
+            nll.append(run.learner.sft_step(run.sft.draw(run.rng)))
+            run.warmed += 1
+            stop.requested = run.any_process(stop.requested)
+            if run.warmed % every == 0 and run.warmed < steps:
+                log_nll = sum(nll[-every:]) / len(nll[-every:])
+                run.log(f"SFT warm start: {run.warmed}/{steps} steps, NLL {log_nll:.3f} "
+                        f"({time.perf_counter() - t0:.0f} s).")
+    if not nll:
+        return {}
+    run.log(f"SFT warm start: steps {first + 1}-{run.warmed} of {steps}, NLL {nll[0]:.3f} -> {nll[-1]:.3f} "
+            f"({timings.seconds['warmup']:.0f} s).")
+    return {"warmup/sft_steps": run.warmed, "warmup/sft_nll_first": nll[0], "warmup/sft_nll_last": nll[-1]} | timings.metrics()
 
 
 def _judge_cuts(judge: Judge) -> int:

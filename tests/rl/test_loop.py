@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from selfredteam.checkpoint import find_checkpoint
 from selfredteam.config import load_config
@@ -312,3 +313,59 @@ def test_sft_only_run_saves_a_checkpoint_eval_can_load(tiny_model_dir, tmp_path)
     assert find_checkpoint(out).name == "step_0"
     assert read_metrics(out)[0]["step"] == 0
     assert policy_from_spec(str(out), cfg).name.startswith("checkpoint:")
+
+
+def _chat_rows(tmp_path):
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"prompt": "What is 2+2?", "response": "It is four.", "label": "benign"}\n'
+                    '{"prompt": "Harm someone.", "response": "Sorry, I will not help.", "label": "harmful"}\n')
+    return data
+
+
+def _adapter(out, step):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "checkpoints" / f"step_{step}" / "adapter" / "adapter_model.safetensors"))
+
+
+def test_ctrl_c_in_the_sft_warm_up_saves_it_and_resume_finishes_it_the_same(tiny_model_dir, tmp_path, monkeypatch):
+    """A warm-up of many minutes (cpu-safety) is work a Ctrl-C must not lose: the run stops with a
+    checkpoint at the warm-up step it reached, and --resume does only the steps left, ending on the
+    same weights as an uninterrupted warm-up."""
+    import os
+    import signal
+
+    from selfredteam.rl.learner import Learner
+
+    data = _chat_rows(tmp_path)
+    cfg = cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.warmup_steps=4", steps=0)
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(cfg, full, judge=FakeJudge(), log=lambda *a: None)
+    sft_step, calls = Learner.sft_step, []
+
+    def interrupted(self, rows):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during the second step
+        return sft_step(self, rows)
+
+    monkeypatch.setattr(Learner, "sft_step", interrupted)
+    stopped = train(cfg, part, judge=FakeJudge(), log=lambda *a: None)
+    assert stopped["run/stop_reason"] == "signal" and len(calls) == 2
+    state = json.loads((part / "checkpoints" / "step_0" / "state.json").read_text())
+    assert state["sft_warmup_done"] == 2
+    last = train(cfg, part, resume=part, judge=FakeJudge(), log=lambda *a: None)
+    assert len(calls) == 4 and last["warmup/sft_steps"] == 4 and last["run/stop_reason"] == "done"
+    a, b = _adapter(full, 0), _adapter(part, 0)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_after_the_warm_up_does_not_repeat_it(tiny_model_dir, tmp_path):
+    data = _chat_rows(tmp_path)
+    out = tmp_path / "run"
+    train(cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.warmup_steps=2", steps=1), out,
+          judge=FakeJudge(), log=lambda *a: None)
+    assert json.loads((out / "checkpoints" / "step_0" / "state.json").read_text())["sft_warmup_done"] == 2
+    train(cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.warmup_steps=2", steps=2), out, resume=out,
+          judge=FakeJudge(), log=lambda *a: None)
+    assert [r["step"] for r in read_metrics(out)] == [0, 1, 2]  # one warm-up row, then the two self-play steps
