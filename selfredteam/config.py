@@ -208,6 +208,14 @@ class SftConfig:
     both from one seed file when a file holds both labels (rows name it in a `source` field), so
     on a set with more jailbreak-style refusals than jailbreak-style answers the form of a prompt
     does not predict the label (issue 28: the contrastive set has 63 and 31)."""
+    decision_weight: float = 1.0
+    """Weight of each answer's first `decision_tokens` tokens in the SFT loss (1 = every token the
+    same): where a reply refuses or starts helping. Above 1 the loss leans on that choice rather
+    than on the wording around it (issue 28: the oracle learnt a refusal rate, not the boundary;
+    BENCHMARKS.md "Why the oracle refuses everything"; 5 lifted the oracle's WJB-adversarial ΔJ
+    from +0.18 to +0.32 on one seed but lost its OR toxic-vs-hard gain: "Weighting the decision")."""
+    decision_tokens: int = 4
+    """How many of an answer's first tokens `decision_weight` weighs."""
     normalize: Literal["token", "sequence"] = "token"
     """`token`: NLL summed over tokens / all target tokens (long answers outweigh short refusals);
     `sequence`: mean NLL per row, then mean over rows (each row weighs the same)."""

@@ -57,6 +57,8 @@ class Sample:
     prompt_class: str = ""
     """The seed's label (`harmful` / `benign`): per-class advantage normalisation and metrics."""
     old_logprobs: list[float] | None = None
+    weights: list[float] | None = None
+    """SFT rows: each response token's weight in the NLL (None: all 1; train.sft.decision_weight)."""
     trunk: Any = None
     """Hidden states after the frozen trunk ([prompt + response, H]), if any: captured while
     sampling (game turns) or on an SFT row's first pass (`Learner._sft_logprobs`)."""
@@ -196,18 +198,23 @@ class Learner:
     def sft_backward(self, sft: list[Sample], coef: float) -> float:
         """Auxiliary SFT: coef x NLL of reference answers, accumulated into the current gradients.
         `train.sft.normalize`: per token over all target tokens, or per row then over rows.
-        Returns the (unweighted) NLL."""
+        Returns the NLL, token weights (train.sft.decision_weight) applied, `coef` not."""
         if not sft or coef <= 0:
             return 0.0
         per_sequence = self.cfg.sft.normalize == "sequence"
-        n_tokens = float(sum(len(s.response_ids) for s in sft))
+        n_tokens = float(sum(sum(s.weights) if s.weights else len(s.response_ids) for s in sft))
         total = 0.0
         for mb, real in self._padded(self._micro_batches(list(range(len(sft))), sft)):
             batch = self._pack(sft, mb)
             with self.policy.role("defender"):
                 lp, _ = self._sft_logprobs(sft, mb, batch)
+            weights = batch.response_mask.clone().float()
+            for row, i in enumerate(mb):
+                if sft[i].weights:
+                    weights[row, : len(sft[i].weights)] = torch.tensor(sft[i].weights)
+            lp = lp * weights[:, : lp.shape[1]].to(lp.device)
             if per_sequence:
-                lengths = batch.response_mask.sum(1).clamp(min=1).to(lp.device)
+                lengths = weights.sum(1).clamp(min=1).to(lp.device)
                 nll = -(lp.sum(1) / lengths).sum() / len(sft)
             else:
                 nll = -lp.sum() / n_tokens

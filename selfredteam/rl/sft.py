@@ -144,8 +144,12 @@ class SftTerm:
                 return None
             self.cut += 1
             answer = ids(text)[:room]
+        weights = None
+        if self.cfg.sft.decision_weight != 1.0:
+            k = min(self.cfg.sft.decision_tokens, len(answer))
+            weights = [1.0] * len(before) + [self.cfg.sft.decision_weight] * k + [1.0] * (len(answer) - k + len(after) + 1)
         return Sample("defender", prompt, before + answer + after + [tok.eos_token_id], 0.0,
-                      prompt_class=row.label or "")
+                      prompt_class=row.label or "", weights=weights)
 
     def _strata(self, encoded: list[tuple[SftRow, Sample]]) -> list[tuple[int, dict[str, list[Sample]]]]:
         """Rows grouped for pair_by=source: one group per source file that holds both labels (a

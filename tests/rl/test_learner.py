@@ -230,3 +230,22 @@ def test_sft_trunk_states_stop_at_the_memory_cap(monkeypatch):
     Learner(lora_policy(0, frozen_layers=1), TrainConfig(lr=1e-2, micro_batch_size=2)).sft_step(rows)
     assert all(s.trunk is None for s in rows)
 
+
+
+def test_sft_token_weights_scale_the_nll():
+    """Unit weights give the plain NLL; a weighted token counts that many times, in the sum and in
+    the normaliser."""
+    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
+    cfg = TrainConfig(lr=0.0, micro_batch_size=4)
+    plain = Learner(lora_policy(0), cfg).sft_backward(rows, 1.0)
+    ones = [copy.copy(s) for s in rows]
+    for s in ones:
+        s.weights = [1.0] * len(s.response_ids)
+    assert abs(Learner(lora_policy(0), cfg).sft_backward(ones, 1.0) - plain) < 1e-6
+    heavy = [copy.copy(s) for s in ones]
+    heavy[1].weights = [3.0] + [1.0] * (len(heavy[1].response_ids) - 1)
+    batch = pack([s.prompt_ids for s in rows], [s.response_ids for s in rows], pad_id=0)
+    with torch.no_grad():
+        lp, _ = response_logprobs(lora_policy(0).model, batch)
+    expected = -(lp.sum() + 2 * lp[1, 0]) / (batch.response_mask.sum() + 2)
+    assert abs(Learner(lora_policy(0), cfg).sft_backward(heavy, 1.0) - float(expected)) < 1e-5

@@ -128,6 +128,15 @@ def test_targets_are_fitted_to_the_defender_budget():
     assert term.cut == 1 and term.dropped == 1
 
 
+def test_decision_weight_weighs_the_first_answer_tokens():
+    (plain,) = _term([SftRow("p", "No way.", "T.")]).draw(random.Random(0))
+    assert plain.weights is None
+    (s,) = _term([SftRow("p", "No way.", "T.")], decision_weight=5.0, decision_tokens=2).draw(random.Random(0))
+    heavy = [i for i, w in enumerate(s.weights) if w == 5.0]
+    assert len(s.weights) == len(s.response_ids) and set(s.weights) == {1.0, 5.0}
+    assert _text(s.response_ids[heavy[0] : heavy[-1] + 1]) == "No" and heavy == [heavy[0], heavy[0] + 1]
+
+
 def test_pair_by_source_pairs_rows_of_a_file_that_holds_both_labels(tmp_path):
     path = tmp_path / "rows.jsonl"
     rows = ([{"prompt": f"a{i}", "response": "No, a.", "label": "harmful", "source": f"/x/adv.jsonl:{i}"} for i in range(3)]
