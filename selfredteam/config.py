@@ -560,6 +560,9 @@ def validate(cfg: Config) -> None:
     if min(t.sft.batch_size, t.sft.coef, t.sft.decay_steps, t.sft.warmup_steps, t.time_limit_min) < 0:
         raise ConfigError("train.sft.batch_size, sft.coef, sft.decay_steps, sft.warmup_steps and train.time_limit_min "
                           "must be >= 0.")
+    if min(t.sft.decision_weight, t.sft.decision_tokens) < 0:
+        raise ConfigError("train.sft.decision_weight and train.sft.decision_tokens must be >= 0 (a weight of 1 weighs "
+                          "the first answer tokens like the rest).")
     if t.samples_per_prompt < 1:
         raise ConfigError("train.samples_per_prompt must be >= 1.")
     for name, v in (("train.replay.fraction", t.replay.fraction), ("train.opponents.prob", t.opponents.prob)):

@@ -52,6 +52,11 @@ def test_micro_batch_must_divide():
         load_config("cpu-demo", overrides=["train.train_batch_size=8", "train.micro_batch_size=3"])
 
 
+def test_negative_decision_weight_is_refused():
+    with pytest.raises(ConfigError, match="decision_weight"):
+        load_config("cpu-demo", overrides=["train.sft.decision_weight=-1"])
+
+
 def test_yaml_roundtrip(tmp_path):
     cfg = load_config("cpu-demo", overrides=["game.cot=false"])
     path = save_config(cfg, tmp_path)
