@@ -33,7 +33,7 @@ from selfredteam.rl.distributed import (
     load_optimizer_state,
     optimizer_state,
 )
-from selfredteam.rl.logprobs import PackedBatch, pack, response_logprobs, scatter_rows
+from selfredteam.rl.logprobs import PackedBatch, gather_rows, pack, response_logprobs, scatter_rows
 from selfredteam.rl.model import TrainablePolicy
 from selfredteam.rl.timing import Timings
 
@@ -181,10 +181,11 @@ class Learner:
                 lp, _ = response_logprobs(model, batch, temperature=self.temperature, inputs_embeds=embeds)
             if not real:
                 continue
+            states = gather_rows(batch, captured[0]) if captured else None
             for row, i in enumerate(mb):
                 out[i] = lp[row, : len(samples[i].response_ids)].cpu()
-                if trunk is not None and not reuse:
-                    trunk[i] = captured[0][row][batch.attention_mask[row].bool()]
+                if states is not None:
+                    trunk[i] = states[row]
         return [t for t in out if t is not None]
 
     def _policy_logprobs(self, batch: PackedBatch, trunk_rows: list[torch.Tensor] | None):
@@ -208,11 +209,11 @@ class Learner:
             batch = self._pack(sft, mb)
             with self.policy.role("defender"):
                 lp, _ = self._sft_logprobs(sft, mb, batch)
-            weights = batch.response_mask.clone().float()
+            weights = batch.response_mask.clone()
             for row, i in enumerate(mb):
                 if sft[i].weights:
                     weights[row, : len(sft[i].weights)] = torch.tensor(sft[i].weights)
-            lp = lp * weights[:, : lp.shape[1]].to(lp.device)
+            lp = lp * weights.to(lp.device)
             if per_sequence:
                 lengths = weights.sum(1).clamp(min=1).to(lp.device)
                 nll = -(lp.sum(1) / lengths).sum() / len(sft)
@@ -236,8 +237,7 @@ class Learner:
         captured: list[torch.Tensor] = []
         with self.policy.capture_trunk(captured):
             out = response_logprobs(self.train_model, batch)
-        for row, i in enumerate(mb):
-            states = captured[0][row][batch.attention_mask[row].bool()].detach()
+        for i, states in zip(mb, gather_rows(batch, captured[0].detach())):
             if rows[i].trunk is None and self._sft_trunk_bytes + states.nbytes <= SFT_TRUNK_BYTES:
                 rows[i].trunk = states
                 self._sft_trunk_bytes += states.nbytes

@@ -57,6 +57,13 @@ def scatter_rows(batch: PackedBatch, rows: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def gather_rows(batch: PackedBatch, states: torch.Tensor) -> list[torch.Tensor]:
+    """The inverse of `scatter_rows`: per-sample [n_real, H] states from [B, T, H] ones, the
+    padding dropped (what the learner keeps of a captured frozen trunk)."""
+    mask = batch.attention_mask.bool()
+    return [states[b][mask[b]] for b in range(mask.shape[0])]
+
+
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_rows: int = 4) -> torch.Tensor:
     """log_softmax(logits)[..., index] in float32, `chunk_rows` batch rows at a time."""
     out = []

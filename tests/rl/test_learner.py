@@ -231,7 +231,6 @@ def test_sft_trunk_states_stop_at_the_memory_cap(monkeypatch):
     assert all(s.trunk is None for s in rows)
 
 
-
 def test_sft_token_weights_scale_the_nll():
     """Unit weights give the plain NLL; a weighted token counts that many times, in the sum and in
     the normaliser."""

@@ -329,7 +329,7 @@ def _adapter(out, step):
 
 
 def test_ctrl_c_in_the_sft_warm_up_saves_it_and_resume_finishes_it_the_same(tiny_model_dir, tmp_path, monkeypatch):
-    """A warm-up of many minutes (cpu-safety) is work a Ctrl-C must not lose: the run stops with a
+    """A warm-up of many minutes (the oracle's three passes: ~24 min) is work a Ctrl-C must not lose: the run stops with a
     checkpoint at the warm-up step it reached, and --resume does only the steps left, ending on the
     same weights as an uninterrupted warm-up."""
     import os
