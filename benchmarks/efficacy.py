@@ -105,15 +105,30 @@ SHARES = ("stock_phrase_share", "non_answer_share", "echo_share")
 
 
 @functools.cache
-def _shares(eval_dir: Path) -> dict[str, float]:
-    """The largest share over the splits of each of SHARES, summarised again from the answers, so
-    answers kept from an earlier run are read with today's eval.metrics checks. Cached: the base
-    model's dir is read for every row and seed."""
+def _split_shares(eval_dir: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """Each split's SHARES, summarised again from the answers, so answers kept from an earlier run
+    are read with today's eval.metrics checks. Cached: the base model's dir is read for every row
+    and seed."""
     from selfredteam.eval.run import summarize_answers
 
     rows = [json.loads(x) for x in (eval_dir / "results.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    subsets = summarize_answers(rows)["subsets"]
-    return {key: max((e.get(key) or 0.0) for e in subsets) for key in SHARES}
+    return {(e["benchmark"], e["subset"]): {key: e.get(key) or 0.0 for key in SHARES}
+            for e in summarize_answers(rows)["subsets"]}
+
+
+def _shares(eval_dir: Path) -> dict[str, float]:
+    """The largest share over the splits of each of SHARES."""
+    return {key: max(e[key] for e in _split_shares(eval_dir).values()) for key in SHARES}
+
+
+def _rises(base_dir: Path, eval_dir: Path) -> str:
+    """Echo / stock phrase / non-answer: the largest rise over the base model on any one split.
+    Issue 28 holds each within 10 points of the base model; the largest share of each side, taken
+    on different splits, hid a +20-point rise on one split behind a +2 between the maxima."""
+    base, trained = _split_shares(base_dir), _split_shares(eval_dir)
+    both = [k for k in trained if k in base]
+    return " / ".join(f"{max(trained[k][key] - base[k][key] for k in both):+.2f}"
+                      for key in ("echo_share", "stock_phrase_share", "non_answer_share"))
 
 
 def _share(eval_dir: Path, key: str = "stock_phrase_share") -> float:
@@ -125,8 +140,8 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
              "95% intervals (J: Newcombe; changes: paired bootstrap over prompts).", ""]
     header = ["seed", "WJB-adv refusal harmful (base -> trained)", "WJB-adv refusal benign", "J base -> trained",
               "ΔJ WJB-adv", "ASR WJB-adv harmful", *(f"Δ over-refusal {n}" for *_, n in OVER_REFUSAL),
-              "stock phrase (max split) base / trained", "non-answer (max split) base / trained", "KL end", "wall",
-              "peak RSS"]
+              "stock phrase (max split) base / trained", "non-answer (max split) base / trained",
+              "echo / stock / non-answer: largest rise on one split", "KL end", "wall", "peak RSS"]
     lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for seed, (tr, comp) in sorted(runs.items()):
         fam, sub, harm = _wjb(comp)
@@ -139,6 +154,7 @@ def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: P
         run = out / f"run{seed}"
         base, trained = _shares(base_out / comp["_dir"]), _shares(run / "eval" / comp["_dir"])
         cells += [f"{base[k]:.2f} / {trained[k]:.2f}" for k in ("stock_phrase_share", "non_answer_share")]
+        cells.append(_rises(base_out / comp["_dir"], run / "eval" / comp["_dir"]))
         cells += [f"{_last(run, 'kl/mean') or 0:.2f}", f"{tr['wall_s'] / 60:.1f} min", f"{tr['peak_rss_gib']:.2f} GiB"]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     lines += ["", "J per family (trained, ΔJ vs base):", ""]
@@ -154,7 +170,7 @@ def collect(outs: list[Path], base_out: Path) -> str:
     header = ["run", "seeds", "WJB-adv refusal harmful (mean)", "WJB-adv refusal benign (mean)", "ΔJ WJB-adv per seed",
               "ASR WJB-adv harmful (mean)", "Δ over-refusal WJB benign / XSTest safe / OR-Hard (mean)",
               "ΔJ OR toxic-hard per seed", "stock phrase per seed", "non-answer per seed", "echo (max split) per seed",
-              "KL end per seed", "train min per seed"]
+              "echo / stock / non-answer: largest rise on one split, per seed", "KL end per seed", "train min per seed"]
     base = [f"{d} splits {_share(base_out / d):.2f} / {_share(base_out / d, 'non_answer_share'):.2f} / "
             f"{_share(base_out / d, 'echo_share'):.2f}"
             for d in EVAL_DIRS if (base_out / d / "results.jsonl").is_file()]
@@ -170,7 +186,7 @@ def collect(outs: list[Path], base_out: Path) -> str:
         if not seeds:
             continue
         cols: dict[str, list] = {k: [] for k in ("h", "b", "dj", "asr", "or", "stock", "na", "kl", "min", "bh", "bb", "basr",
-                                                 "orj", "echo")}
+                                                 "orj", "echo", "rise")}
         for seed in seeds:
             run = out / f"run{seed}"
             d = evaluated(run)
@@ -189,6 +205,7 @@ def collect(outs: list[Path], base_out: Path) -> str:
             cols["echo"].append(f"{_share(d, 'echo_share'):.2f}")
             cols["stock"].append(f"{_share(d):.2f}")
             cols["na"].append(f"{_share(d, 'non_answer_share'):.2f}")
+            cols["rise"].append(_rises(base_out / d.name, d))
             cols["kl"].append(f"{_last(run, 'kl/mean') or 0:.2f}")
             cols["min"].append(f"{json.loads((run / 'efficacy_train.json').read_text())['wall_s'] / 60:.1f}")
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
@@ -196,7 +213,7 @@ def collect(outs: list[Path], base_out: Path) -> str:
         cells = [out.name, ", ".join(map(str, seeds)), f"{mean(cols['bh']):.2f} -> {mean(cols['h']):.2f}",
                  f"{mean(cols['bb']):.2f} -> {mean(cols['b']):.2f}", "; ".join(cols["dj"]),
                  f"{mean(cols['basr']):.2f} -> {mean(cols['asr']):.2f}", over, "; ".join(cols["orj"]),
-                 " / ".join(cols["stock"]), " / ".join(cols["na"]), " / ".join(cols["echo"]),
+                 " / ".join(cols["stock"]), " / ".join(cols["na"]), " / ".join(cols["echo"]), "; ".join(cols["rise"]),
                  " / ".join(cols["kl"]), " / ".join(cols["min"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
