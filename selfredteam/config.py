@@ -213,7 +213,8 @@ class SftConfig:
     same): where a reply refuses or starts helping. Above 1 the loss leans on that choice rather
     than on the wording around it (issue 28: the oracle learnt a refusal rate, not the boundary;
     BENCHMARKS.md "Why the oracle refuses everything"; 5 lifted the oracle's WJB-adversarial ΔJ
-    from +0.18 to +0.32 on one seed but lost its OR toxic-vs-hard gain: "Weighting the decision")."""
+    from +0.18 / +0.05 to +0.32 / +0.23 on seeds 0 / 1 but lost most of its OR toxic-vs-hard gain:
+    "Weighting the decision")."""
     decision_tokens: int = 4
     """How many of an answer's first tokens `decision_weight` weighs."""
     normalize: Literal["token", "sequence"] = "token"
