@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
@@ -52,6 +52,7 @@ class Sample:
     prompt_ids: list[int]
     response_ids: list[int]
     reward: float
+    _: KW_ONLY  # the rest by name: a field inserted here once shifted the trunk states into `weights`
     group: int = 0
     """Samples of one role for the same prompt share a group (GRPO/RLOO baselines); >= 0."""
     prompt_class: str = ""

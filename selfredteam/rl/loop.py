@@ -126,8 +126,8 @@ def _sample(role: str, turn: Any, reward: float | None, group: int, prompt_class
     if turn is None or reward is None or turn.generation is None or not turn.generation.completion_ids:
         return []
     gen = turn.generation
-    return [Sample(role, gen.prompt_ids, gen.completion_ids, reward, group, prompt_class, gen.logprobs,
-                   gen.trunk_states)]
+    return [Sample(role, gen.prompt_ids, gen.completion_ids, reward, group=group, prompt_class=prompt_class,
+                   old_logprobs=gen.logprobs, trunk=gen.trunk_states)]
 
 
 def _check_resume(cfg: Config, resume: Path | None, log) -> Path | None:

@@ -369,3 +369,24 @@ def test_resume_after_the_warm_up_does_not_repeat_it(tiny_model_dir, tmp_path):
     train(cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.warmup_steps=2", steps=2), out, resume=out,
           judge=FakeJudge(), log=lambda *a: None)
     assert [r["step"] for r in read_metrics(out)] == [0, 1, 2]  # one warm-up row, then the two self-play steps
+
+
+def test_the_learner_gets_the_trunk_states_captured_while_sampling(tiny_model_dir, tmp_path, monkeypatch):
+    """With LoRA on the top layers only, every game turn hands the learner its frozen-trunk states,
+    so the reference pass runs the top layers alone. A field once inserted into `Sample` shifted
+    them into `weights` by position and every step silently paid a full reference pass."""
+    from selfredteam.rl.learner import Learner
+
+    seen = []
+    original = Learner._captured_trunk
+
+    def spy(self, samples):
+        seen.append([(s.trunk is not None and s.trunk.shape[0] == len(s.prompt_ids) + len(s.response_ids),
+                      s.weights) for s in samples])
+        return original(self, samples)
+
+    monkeypatch.setattr(Learner, "_captured_trunk", spy)
+    train(cfg_for(tiny_model_dir, "train.lora_layers=1", steps=1), tmp_path / "run", judge=FakeJudge(),
+          log=lambda *a: None)
+    assert seen and seen[0], "no RL update ran"
+    assert all(ok and weights is None for ok, weights in seen[0])
