@@ -5,9 +5,11 @@ both engines run the same model. Prompts are the same token ids as benchmarks/ro
 sequences are decoded together in one llama.cpp batch (one sequence id and one KV stream
 each), sampling T=1 with EOS ignored, exactly `--new-tokens` tokens each.
 
-Needs llama-cpp-python, which has no wheel here; build it from its sdist (~25 min on 2 cores):
+Needs llama-cpp-python, which has no wheel here; build it from its sdist, the library only (4.5 min
+on 2 AVX-512-BF16 cores; the plain `CMAKE_ARGS="-DGGML_NATIVE=ON"` build took ~25 min on 2 AVX2 cores):
 
-    CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python
+    OFF="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+    CMAKE_ARGS="-DGGML_NATIVE=ON $OFF" pip install llama-cpp-python
     python benchmarks/llamacpp_ceiling.py --batches 1 8 16 --new-tokens 128
 """
 
