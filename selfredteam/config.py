@@ -217,6 +217,12 @@ class SftConfig:
     "Weighting the decision")."""
     decision_tokens: int = 4
     """How many of an answer's first tokens `decision_weight` weighs."""
+    decision_bce: float = 0.0
+    """Weight of a binary cross-entropy on the decision itself, at the answer's first token:
+    P(refuse) there is the probability of the tokens that open the set's refusals (`SftTerm`),
+    which refusal rows (label harmful) raise and answer rows (label benign) lower, like a probe
+    trained on the output (issue 28: a probe on the model's states separates the classes while its
+    replies do not). 0 = off; sft/p_refuse_harmful and _benign are logged whenever rows have labels."""
     normalize: Literal["token", "sequence"] = "token"
     """`token`: NLL summed over tokens / all target tokens (long answers outweigh short refusals);
     `sequence`: mean NLL per row, then mean over rows (each row weighs the same)."""
@@ -564,6 +570,8 @@ def validate(cfg: Config) -> None:
     if min(t.sft.decision_weight, t.sft.decision_tokens) < 0:
         raise ConfigError("train.sft.decision_weight and train.sft.decision_tokens must be >= 0 (a weight of 1 weighs "
                           "the first answer tokens like the rest).")
+    if t.sft.decision_bce < 0:
+        raise ConfigError("train.sft.decision_bce must be >= 0 (0 = off).")
     if t.samples_per_prompt < 1:
         raise ConfigError("train.samples_per_prompt must be >= 1.")
     for name, v in (("train.replay.fraction", t.replay.fraction), ("train.opponents.prob", t.opponents.prob)):

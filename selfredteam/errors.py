@@ -31,3 +31,8 @@ class EndpointRejected(EndpointError):
     def __init__(self, message: str, status: int, body: str) -> None:
         super().__init__(message)
         self.status, self.body = status, body
+
+
+class TrainingDiverged(UserError):
+    """The gradient stayed NaN or infinite for several optimizer steps in a row (each was skipped,
+    so the weights stayed finite); the run stops with a checkpoint of those weights."""

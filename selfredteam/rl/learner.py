@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from selfredteam.config import TrainConfig
+from selfredteam.errors import TrainingDiverged
 from selfredteam.rl.advantages import (
     KL_IN_REWARD,
     compute_advantages,
@@ -40,6 +41,9 @@ from selfredteam.rl.timing import Timings
 SFT_TRUNK_BYTES = 1 << 30
 """The most memory the SFT rows' kept trunk states may take (cpu-demo's 78 rows: ~40 MB)."""
 
+NONFINITE_LIMIT = 5
+"""Optimizer steps in a row with a NaN or infinite gradient (each skipped) before training stops."""
+
 LEARN_PHASES = ("learn_ref_logprob", "learn_old_logprob", "learn_fwd_bwd", "learn_sft", "learn_optimizer")
 """The update's timed phases (metrics `timing/<phase>_s`)."""
 
@@ -60,6 +64,12 @@ class Sample:
     old_logprobs: list[float] | None = None
     weights: list[float] | None = None
     """SFT rows: each response token's weight in the NLL (None: all 1; train.sft.decision_weight)."""
+    decision_at: int = -1
+    """SFT rows: the response index of the answer's first token, where the reply refuses or starts
+    to help (-1: none); `refusal_openers` are the tokens that open a refusal there."""
+    refusal_openers: tuple[int, ...] = ()
+    """SFT rows: first tokens of the set's refusals (`SftTerm`); P(refuse) at `decision_at` is
+    their probability mass (logged as sft/p_refuse_*, trained by train.sft.decision_bce)."""
     trunk: Any = None
     """Hidden states after the frozen trunk ([prompt + response, H]), if any: captured while
     sampling (game turns) or on an SFT row's first pass (`Learner._sft_logprobs`)."""
@@ -75,6 +85,16 @@ class Targets:
     old: torch.Tensor
     ref: torch.Tensor
     adv: torch.Tensor
+
+
+def decision_bce(refuse_logp: torch.Tensor, labels: list[str]) -> torch.Tensor:
+    """Summed binary cross-entropy of the refusal decision: -log P(refuse) on `harmful` rows,
+    -log(1 - P(refuse)) on `benign` ones, nothing on others; from log P(refuse) for stability."""
+    y = torch.tensor([1.0 if c == "harmful" else 0.0 for c in labels], device=refuse_logp.device)
+    on = torch.tensor([c in ("harmful", "benign") for c in labels], device=refuse_logp.device)
+    lp = refuse_logp.clamp(max=-1e-6)  # P(refuse) < 1: log(1 - P) stays finite
+    per_row = -(y * lp + (1 - y) * torch.log(-torch.expm1(lp)))
+    return (per_row * on).sum()
 
 
 def warmup_lambda(warmup_steps: int):
@@ -114,6 +134,11 @@ class Learner:
             self.train_model = accelerator.prepare_model(policy.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(cfg.warmup_steps))
         self._sft_trunk_bytes = 0
+        self.skipped_steps = 0
+        """Optimizer steps skipped because their gradient was not finite (`_step`), this process's run."""
+        self.nonfinite_streak = 0
+        self.decision_stats: dict[str, float] = {}
+        """The last SFT pass's mean P(refuse) at the decision point per label, and its decision BCE."""
         self.lockstep = self.fsdp or self.engine is not None
         """Every forward is a collective (FSDP, ZeRO-3): all processes run the same number."""
 
@@ -179,7 +204,7 @@ class Learner:
             embeds = scatter_rows(batch, [trunk[i] for i in mb]) if reuse else None
             scorer = self.policy.reference() if use_reference else contextlib.nullcontext(self.policy.model)
             with self.policy.role(samples[mb[0]].role), capture, top, scorer as model:
-                lp, _ = response_logprobs(model, batch, temperature=self.temperature, inputs_embeds=embeds)
+                lp = response_logprobs(model, batch, temperature=self.temperature, inputs_embeds=embeds).logp
             if not real:
                 continue
             states = gather_rows(batch, captured[0]) if captured else None
@@ -200,16 +225,29 @@ class Learner:
     def sft_backward(self, sft: list[Sample], coef: float) -> float:
         """Auxiliary SFT: coef x NLL of reference answers, accumulated into the current gradients.
         `train.sft.normalize`: per token over all target tokens, or per row then over rows.
-        Returns the NLL, token weights (train.sft.decision_weight) applied, `coef` not."""
+        Returns the NLL, token weights (train.sft.decision_weight) applied, `coef` not.
+
+        Rows with a decision point (`Sample.decision_at`) and a label also give P(refuse) there
+        (`self.decision_stats`), and with train.sft.decision_bce its binary cross-entropy joins the
+        loss: refusal rows raise the mass on refusal openers, answer rows lower it. The NLL of an
+        answer lowers a refusal opener only as much as that opener's probability, so a row the
+        model would refuse is barely corrected; the BCE's pull grows as P(refuse) nears 1."""
         if not sft or coef <= 0:
             return 0.0
         per_sequence = self.cfg.sft.normalize == "sequence"
         n_tokens = float(sum(sum(s.weights) if s.weights else len(s.response_ids) for s in sft))
-        total = 0.0
+        decided = {i for i, s in enumerate(sft) if s.decision_at >= 0 and s.prompt_class in ("harmful", "benign")}
+        openers = next((torch.tensor(sft[i].refusal_openers) for i in decided if sft[i].refusal_openers), None)
+        total, bce_total = 0.0, 0.0
+        p_refuse: dict[str, list[float]] = {"harmful": [], "benign": []}
         for mb, real in self._padded(self._micro_batches(list(range(len(sft))), sft)):
             batch = self._pack(sft, mb)
+            set_at = None
+            if openers is not None:
+                cols = torch.tensor([sft[i].decision_at if i in decided else -1 for i in mb])
+                set_at = (cols, openers)
             with self.policy.role("defender"):
-                lp, _ = self._sft_logprobs(sft, mb, batch)
+                lp, _, refuse_lp = self._sft_logprobs(sft, mb, batch, set_at)
             weights = batch.response_mask.clone()
             for row, i in enumerate(mb):
                 if sft[i].weights:
@@ -220,24 +258,38 @@ class Learner:
                 nll = -(lp.sum(1) / lengths).sum() / len(sft)
             else:
                 nll = -lp.sum() / n_tokens
-            self._backward(coef * nll * float(real))
+            loss = nll
+            if refuse_lp is not None:
+                bce = decision_bce(refuse_lp, [sft[i].prompt_class if i in decided else "" for i in mb])
+                if self.cfg.sft.decision_bce > 0:
+                    loss = loss + self.cfg.sft.decision_bce * bce / len(decided)
+                if real:
+                    bce_total += bce.item() / len(decided)
+                    for row, i in enumerate(mb):
+                        if i in decided:
+                            p_refuse[sft[i].prompt_class].append(float(refuse_lp[row].detach().exp()))
+            self._backward(coef * loss * float(real))
             total += nll.item() if real else 0.0
+        self.decision_stats = {f"sft/p_refuse_{k}": sum(v) / len(v) for k, v in p_refuse.items() if v}
+        if openers is not None:
+            self.decision_stats["sft/decision_bce"] = bce_total
         return total
 
-    def _sft_logprobs(self, rows: list[Sample], mb: list[int], batch: PackedBatch):
+    def _sft_logprobs(self, rows: list[Sample], mb: list[int], batch: PackedBatch,
+                      set_at: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Log-probs of SFT targets under the untempered policy, with grad. An SFT row is the same
         tokens every time it is drawn, so its frozen-trunk states never change: the first pass over
         a row keeps them on the row (up to SFT_TRUNK_BYTES in all) and later draws run only the
         top layers, as the game samples do (an SFT warm-up of several passes pays the trunk once)."""
         if not (self.policy.frozen_layers and self.world == 1):
-            return response_logprobs(self.train_model, batch)
+            return response_logprobs(self.train_model, batch, set_at=set_at)
         kept = [rows[i].trunk for i in mb]
         if all(t is not None for t in kept):
             with self.policy.top_layers_only():
-                return response_logprobs(self.train_model, batch, inputs_embeds=scatter_rows(batch, kept))
+                return response_logprobs(self.train_model, batch, inputs_embeds=scatter_rows(batch, kept), set_at=set_at)
         captured: list[torch.Tensor] = []
         with self.policy.capture_trunk(captured):
-            out = response_logprobs(self.train_model, batch)
+            out = response_logprobs(self.train_model, batch, set_at=set_at)
         for i, states in zip(mb, gather_rows(batch, captured[0].detach())):
             if rows[i].trunk is None and self._sft_trunk_bytes + states.nbytes <= SFT_TRUNK_BYTES:
                 rows[i].trunk = states
@@ -264,13 +316,30 @@ class Learner:
             loss.backward()
 
     def _step(self) -> float:
-        """Clip to train.max_grad_norm and update; returns the gradient norm before clipping."""
+        """Clip to train.max_grad_norm and update; returns the gradient norm before clipping.
+
+        A step whose gradient norm is NaN or infinite is skipped, its gradients dropped: one such
+        batch would otherwise make every weight NaN for good (a CUDA bf16 SFT warm-up went NaN
+        at step ~300 and trained 240 more steps on NaN, BENCHMARKS.md). NONFINITE_LIMIT skips in a
+        row raise TrainingDiverged, with the weights still finite for the checkpoint."""
         if self.engine is not None:
             self.engine.step()  # clips by the config's gradient_clipping, then updates
             return float(self.engine.get_global_grad_norm() or 0.0)
         gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.cfg.max_grad_norm)
+        norm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # a DTensor under FSDP
+        if not math.isfinite(norm):  # the same on every process: the norm is global
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.nonfinite_streak += 1
+            if self.nonfinite_streak >= NONFINITE_LIMIT:
+                raise TrainingDiverged(
+                    f"The gradient was {norm} for {self.nonfinite_streak} optimizer steps in a row (each skipped, "
+                    f"{self.skipped_steps} in this run; the weights are still finite). Lower train.lr, or "
+                    "train in float32 (model.dtype=float32), and resume from the checkpoint.")
+            return norm
+        self.nonfinite_streak = 0
         self.optimizer.step()
-        return float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # a DTensor under FSDP
+        return norm
 
     def _grads(self) -> list[torch.Tensor | None]:
         return [None if p.grad is None else _local(p.grad).detach().clone() for p in self.policy.trainable_parameters()]
@@ -304,7 +373,11 @@ class Learner:
         with timings.timed("learn_old_logprob"):
             old_lp = self._old_logprobs(samples)
         targets = self._advantages(samples, old_lp, ref_lp, placeholder)
+        skipped = self.skipped_steps
         stats = self._optimize(samples, targets, trunk, sft if sft_coef > 0 else None, sft_coef, timings)
+        if self.skipped_steps > skipped:  # the skipped steps' losses are not finite: they say nothing
+            stats = {k: [x for x in v if math.isfinite(x)] for k, v in stats.items()}
+            stats["loss/skipped_steps"] = [float(self.skipped_steps - skipped)]
         self.scheduler.step()
         self.policy.model.eval()
         return self._summary(stats, targets, samples, sft_coef if sft else 0.0, timings)
@@ -388,7 +461,7 @@ class Learner:
             mb, weight = (local[k], 1.0) if k < len(local) else ([0], 0.0)
             batch = self._pack(samples, mb)
             with self._sync_context(last=k == n_micro - 1), self.policy.role(samples[mb[0]].role):
-                lp, ent = self._policy_logprobs(batch, [trunk[i] for i in mb] if trunk else None)
+                lp, ent, _ = self._policy_logprobs(batch, [trunk[i] for i in mb] if trunk else None)
                 w = lp.shape[1]
                 m = batch.response_mask.to(lp.device)
                 loss, info = policy_loss(lp, targets.old[mb, :w].to(lp.device), targets.adv[mb, :w].to(lp.device), m,
@@ -411,6 +484,8 @@ class Learner:
         over the policy gradient's (LoRA only: a copy of full-model gradients costs a model)."""
         pg = self._grads() if self.policy.is_lora and self.engine is None else None
         stats.setdefault("loss/sft_nll", []).append(self.sft_backward(sft, coef))
+        for k, v in self.decision_stats.items():
+            stats.setdefault(k, []).append(v)
         if pg is not None:
             stats.setdefault("loss/sft_grad_ratio", []).append(self._sft_grad_ratio(pg))
 

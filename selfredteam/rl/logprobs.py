@@ -12,7 +12,7 @@ prompt positions or padding), and (2) take log p(token) as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -150,9 +150,27 @@ def head_logprobs(h: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
     return logp, ent
 
 
+class ResponseLogProbs(NamedTuple):
+    logp: torch.Tensor
+    """[B, R] log-probs of the response tokens (0 on padding)."""
+    entropy: torch.Tensor | None
+    """[B, R] entropies, with `with_entropy`."""
+    set_logp: torch.Tensor | None = None
+    """[B] log of the probability mass on a token set at one response column per row, with `set_at`
+    (0 where a row's column is -1)."""
+
+
+def set_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log sum_{t in tokens} softmax(logits)[t] per row, in float32: how likely the next token is
+    any of `tokens` (the learner's refusal decision, train.sft.decision_bce)."""
+    z = logits.float()
+    return torch.logsumexp(z[:, tokens], dim=-1) - torch.logsumexp(z, dim=-1)
+
+
 def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: bool = False,
                       chunk_rows: int = 4, temperature: float = 1.0,
-                      inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      inputs_embeds: torch.Tensor | None = None,
+                      set_at: tuple[torch.Tensor, torch.Tensor] | None = None) -> ResponseLogProbs:
     """[B, R] log-probs of the response tokens (0 on padding), and optionally their entropies.
 
     The policy is softmax(logits / temperature): the distribution the tokens were sampled from.
@@ -161,7 +179,11 @@ def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: 
     For known layouts the LM head runs on the real response tokens only, not on the padding of
     shorter responses (the head over a 152k vocabulary was 30% of a cpu-demo update, much of it
     padding), and the temperature divides the hidden states (exact for a bias-free head) rather
-    than the [tokens, vocab] logits."""
+    than the [tokens, vocab] logits.
+
+    `set_at` = (columns [B], tokens [K]): also the log-probability that the token predicted at
+    response column `columns[b]` of row b (-1: none) is any of `tokens`, from the same forward
+    (a decision read where the answer starts, e.g. whether it opens as a refusal)."""
     R = batch.response_ids.shape[1]
     device = next(model.parameters()).device
     tokens = {"inputs_embeds": inputs_embeds.to(device)} if inputs_embeds is not None else \
@@ -179,9 +201,10 @@ def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: 
             logits = logits / temperature
         logp = selective_log_softmax(logits, ids, chunk_rows) * mask
         ent = entropy_from_logits(logits, chunk_rows) * mask if with_entropy else None
-        return logp, ent
+        return ResponseLogProbs(logp, ent, _at_columns(set_at, lambda r, c: logits[r.to(device), c.to(device)]))
     decoder, head = parts
     hidden = decoder(**tokens, **inputs).last_hidden_state[:, -(R + 1) : -1]  # predicts the responses
+    at = _at_columns(set_at, lambda r, c: head(hidden[r.to(device), c.to(device)] / temperature))
     keep = mask.bool()
     h = hidden[keep]  # [N real response tokens, H]
     logp = mask.new_zeros(mask.shape, dtype=torch.float32)
@@ -195,7 +218,7 @@ def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: 
         logp[keep] = lp
         if ent is not None:
             ent[keep] = e
-        return logp, ent
+        return ResponseLogProbs(logp, ent, at)
     logits = head(h)
     if temperature != 1.0:
         logits = logits / temperature
@@ -203,4 +226,18 @@ def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: 
     logp[keep] = selective_log_softmax(logits, ids[keep], rows)
     if ent is not None:
         ent[keep] = entropy_from_logits(logits, rows)
-    return logp, ent
+    return ResponseLogProbs(logp, ent, at)
+
+
+def _at_columns(set_at: tuple[torch.Tensor, torch.Tensor] | None, logits_at) -> torch.Tensor | None:
+    """`response_logprobs`'s `set_at` output: [B] set log-probs, from `logits_at(rows, columns)`
+    (the logits at those positions) for the rows with a column; 0 for the others."""
+    if set_at is None:
+        return None
+    cols, tokens = set_at
+    rows = (cols >= 0).nonzero().squeeze(-1)
+    if not rows.numel():
+        return torch.zeros(cols.shape[0])
+    lg = logits_at(rows, cols[rows])
+    out = torch.zeros(cols.shape[0], device=lg.device)
+    return out.index_put((rows.to(lg.device),), set_logprob(lg, tokens.to(lg.device)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import signal
 import time
@@ -34,7 +35,7 @@ from selfredteam.checkpoint import (
 )
 from selfredteam.config import Config, save_config, to_dict
 from selfredteam.data import Seed, load_pool, missing_class, sample_batch
-from selfredteam.errors import DataError, EndpointError, UserError
+from selfredteam.errors import DataError, EndpointError, TrainingDiverged, UserError
 from selfredteam.eval.monitor import CollapseMonitor, step_signals
 from selfredteam.fsutil import write_jsonl, write_text_atomic
 from selfredteam.game.play import GameRecord, play_games, sampling_params
@@ -180,6 +181,8 @@ class Run:
     thoughts: list[str]
     """Stock thoughts (the SFT rows' and ours): the monitor flags answers that only repeat one."""
     monitor: CollapseMonitor = field(default_factory=CollapseMonitor)
+    done: int = 0
+    """RL steps completed (from `start`): what a checkpoint saved on a stop holds."""
 
     def save(self, step: int) -> None:
         """A resumable checkpoint after `step` completed steps: weights, optimizer, RNG, extensions."""
@@ -201,10 +204,11 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
     `time_limit`, or `signal`: Ctrl-C / SIGTERM stopped it early, resumable)."""
     t = cfg.train
     run = build_run(cfg, out, resume, judge, wandb_project, log)
+    run.done = run.start
     last: dict[str, Any] = {}
     stop_reason = "done"
     stop = StopFlag()
-    with stop.installed(log):
+    with stop.installed(log), _stops_with_a_checkpoint(run):
         if run.sft and run.start == 0 and run.warmed < t.sft.warmup_steps:
             warm = _sft_warmup(run, stop)
             run.save(0)  # minutes of SFT are not paid twice: a resume starts after them (or where Ctrl-C stopped them)
@@ -225,6 +229,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
                 stop_reason = "time_limit"
                 break
             last = train_step(run, step)
+            run.done = step + 1
             if progress and run.is_main:
                 progress(step + 1, t.steps, last)
             stop.requested = run.any_process(stop.requested)
@@ -440,6 +445,19 @@ def _players(cfg: Config, trainable: TrainablePolicy, sampler: Any, accelerator:
     return MeteredPolicy(attacker), (MeteredPolicy(defender) if defender is not attacker else None)
 
 
+@contextmanager
+def _stops_with_a_checkpoint(run: Run) -> Iterator[None]:
+    """TrainingDiverged (the gradient stayed non-finite, every such step skipped): save the finite
+    weights after the last completed step (or the warm-up so far), then stop with the error."""
+    try:
+        yield
+    except TrainingDiverged as e:
+        run.save(run.done)
+        run.tracker.close()
+        raise TrainingDiverged(f"{e} Saved a checkpoint after {run.done} completed steps ({run.warmed} SFT warm-up "
+                               f"steps); continue with --resume {run.out}.") from None
+
+
 def _sft_warmup(run: Run, stop: StopFlag) -> dict[str, Any]:
     """train.sft.warmup_steps optimizer steps on the SFT rows alone, before the first RL step,
     from where a resumed run left them (`run.warmed`) until done or Ctrl-C / SIGTERM. A warm-up
@@ -450,21 +468,41 @@ def _sft_warmup(run: Run, stop: StopFlag) -> dict[str, Any]:
     every = max(1, steps // 10)
     timings = Timings()
     nll: list[float] = []
+    p_refuse: dict[str, list[float]] = {"harmful": [], "benign": []}
     t0 = time.perf_counter()
     with timings.timed("warmup"):
         while run.warmed < steps and not stop.requested:
-            nll.append(run.learner.sft_step(run.sft.draw(run.rng)))
+            step_nll = run.learner.sft_step(run.sft.draw(run.rng))
             run.warmed += 1
             stop.requested = run.any_process(stop.requested)
-            if run.warmed % every == 0 and run.warmed < steps:
+            if math.isfinite(step_nll):  # else a skipped step (Learner._step): nothing to average
+                nll.append(step_nll)
+                decision = run.learner.decision_stats
+                for k in ("harmful", "benign"):
+                    if f"sft/p_refuse_{k}" in decision:
+                        p_refuse[k].append(decision[f"sft/p_refuse_{k}"])
+            if run.warmed % every == 0 and run.warmed < steps and nll:
                 log_nll = sum(nll[-every:]) / len(nll[-every:])
-                run.log(f"SFT warm start: {run.warmed}/{steps} steps, NLL {log_nll:.3f} "
+                run.log(f"SFT warm start: {run.warmed}/{steps} steps, NLL {log_nll:.3f}{_refusal_odds(p_refuse, every)} "
                         f"({time.perf_counter() - t0:.0f} s).")
     if not nll:
         return {}
-    run.log(f"SFT warm start: steps {first + 1}-{run.warmed} of {steps}, NLL {nll[0]:.3f} -> {nll[-1]:.3f} "
-            f"({timings.seconds['warmup']:.0f} s).")
-    return {"warmup/sft_steps": run.warmed, "warmup/sft_nll_first": nll[0], "warmup/sft_nll_last": nll[-1]} | timings.metrics()
+    run.log(f"SFT warm start: steps {first + 1}-{run.warmed} of {steps}, NLL {nll[0]:.3f} -> {nll[-1]:.3f}"
+            f"{_refusal_odds(p_refuse, every)} ({timings.seconds['warmup']:.0f} s).")
+    last = {f"warmup/p_refuse_{k}_last": sum(v[-every:]) / len(v[-every:]) for k, v in p_refuse.items() if v}
+    if run.learner.skipped_steps:
+        run.log(f"SFT warm start: {run.learner.skipped_steps} steps skipped, their gradient not finite.")
+        last["warmup/skipped_steps"] = run.learner.skipped_steps
+    return {"warmup/sft_steps": run.warmed, "warmup/sft_nll_first": nll[0], "warmup/sft_nll_last": nll[-1]} | last | \
+        timings.metrics()
+
+
+def _refusal_odds(p_refuse: dict[str, list[float]], last: int) -> str:
+    """', P(refuse) harmful a / benign b' over the last `last` warm-up steps' rows ('' without labels)."""
+    if not (p_refuse["harmful"] and p_refuse["benign"]):
+        return ""
+    h, b = (sum(p_refuse[k][-last:]) / len(p_refuse[k][-last:]) for k in ("harmful", "benign"))
+    return f", P(refuse) at the answer's start: harmful rows {h:.2f} / benign rows {b:.2f}"
 
 
 def _judge_cuts(judge: Judge) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -117,6 +118,15 @@ class SftTerm:
             raise DataError(f"No SFT row of {cfg.sft.data} fits generation.defender_max_new_tokens={max_new_tokens}.")
         self.strata = self._strata(encoded) if cfg.sft.paired and cfg.sft.pair_by == "source" else []
         """pair_by=source: (weight, rows by label) per source file holding both labels, then the rest."""
+        labelled = [sample for row, sample in encoded if row.label]
+        self.refusal_openers = refusal_openers(labelled)
+        """Token ids that open the set's refusals: P(refuse) at an answer's first token is their mass."""
+        if cfg.sft.decision_bce > 0 and not self.refusal_openers:
+            raise ConfigError(f"train.sft.decision_bce reads the refusal decision from labelled rows, but {cfg.sft.data} "
+                              "has no rows labelled harmful and benign whose refusals open alike. Add a `label` field "
+                              "(harmful: the response refuses; benign: it answers) or set train.sft.decision_bce=0.")
+        for sample in labelled:
+            sample.refusal_openers = self.refusal_openers
 
     def _encode(self, row: SftRow, sampler: Any, budget: int) -> Sample | None:
         tok = sampler.tokenizer
@@ -149,7 +159,7 @@ class SftTerm:
             k = min(self.cfg.sft.decision_tokens, len(answer))
             weights = [1.0] * len(before) + [self.cfg.sft.decision_weight] * k + [1.0] * (len(answer) - k + len(after) + 1)
         return Sample("defender", prompt, before + answer + after + [tok.eos_token_id], 0.0,
-                      prompt_class=row.label or "", weights=weights)
+                      prompt_class=row.label or "", weights=weights, decision_at=len(before) if row.label else -1)
 
     def _strata(self, encoded: list[tuple[SftRow, Sample]]) -> list[tuple[int, dict[str, list[Sample]]]]:
         """Rows grouped for pair_by=source: one group per source file that holds both labels (a
@@ -190,6 +200,22 @@ class SftTerm:
             return [s for label in ("harmful", "benign") for s in rng.sample(by_label[label], min(k, len(by_label[label])))]
         pool = self.samples[None]
         return rng.sample(pool, min(n, len(pool)))
+
+
+def refusal_openers(rows: list[Sample], min_rows: int = 2, ratio: float = 4.0) -> tuple[int, ...]:
+    """First answer tokens of the refusal rows (label harmful) that open at least `min_rows` of
+    them and are at least `ratio` times rarer as the first token of answer rows (label benign):
+    the tokens whose probability at an answer's start says "refuse" (the embedded contrastive set:
+    'I' opens 147 of 176 refusals and 4 of 184 answers, 'Sorry' 17 and 0). Empty without both labels."""
+    firsts: dict[str, Counter[int]] = {"harmful": Counter(), "benign": Counter()}
+    for s in rows:
+        if s.prompt_class in firsts and 0 <= s.decision_at < len(s.response_ids):
+            firsts[s.prompt_class][s.response_ids[s.decision_at]] += 1
+    n_ref, n_ans = sum(firsts["harmful"].values()), sum(firsts["benign"].values())
+    if not (n_ref and n_ans):
+        return ()
+    return tuple(sorted(t for t, k in firsts["harmful"].items()
+                        if k >= min_rows and k / n_ref >= ratio * firsts["benign"][t] / n_ans))
 
 
 MIN_TARGET_WORDS = 3

@@ -1,6 +1,7 @@
 """Learner correctness on a tiny real transformer: log-prob alignment, LoRA reference, accumulation."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ def test_response_logprobs_match_unpadded_forward():
     model = tiny_model()
     batch = pack(PROMPTS, RESPONSES, pad_id=0)
     with torch.no_grad():
-        lp, ent = response_logprobs(model, batch, with_entropy=True)
+        lp, ent, _ = response_logprobs(model, batch, with_entropy=True)
     for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
         assert torch.allclose(lp[i, : len(r)], manual_logprobs(model, p, r), atol=1e-5)
         assert (lp[i, len(r):] == 0).all()
@@ -53,10 +54,10 @@ def test_lora_disabled_logprobs_equal_base_model():
     policy = lora_policy(0)
     batch = pack(PROMPTS, RESPONSES, pad_id=0)
     with torch.no_grad():
-        base_lp, _ = response_logprobs(reference, batch)
+        base_lp, _, _ = response_logprobs(reference, batch)
         with policy.reference() as ref:
-            ref_lp, _ = response_logprobs(ref, batch)
-        pol_lp, _ = response_logprobs(policy.model, batch)
+            ref_lp, _, _ = response_logprobs(ref, batch)
+        pol_lp, _, _ = response_logprobs(policy.model, batch)
     assert torch.allclose(base_lp, ref_lp, atol=1e-6)
     assert not torch.allclose(base_lp, pol_lp, atol=1e-4)  # the (non-zero) adapter is live
 
@@ -144,10 +145,10 @@ def test_merged_sampling_restores_base_weights_bit_exactly():
     before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
     batch = pack(PROMPTS, RESPONSES, pad_id=0)
     with torch.no_grad():
-        live, _ = response_logprobs(policy.model, batch)
+        live, _, _ = response_logprobs(policy.model, batch)
         for _ in range(3):
             with policy.merged():
-                merged, _ = response_logprobs(policy.model, batch)
+                merged, _, _ = response_logprobs(policy.model, batch)
     assert torch.allclose(live, merged, atol=1e-5)  # merged weights = the same policy
     assert all(torch.equal(p, before[n]) for n, p in policy.model.named_parameters())
 
@@ -245,6 +246,91 @@ def test_sft_token_weights_scale_the_nll():
     heavy[1].weights = [3.0] + [1.0] * (len(heavy[1].response_ids) - 1)
     batch = pack([s.prompt_ids for s in rows], [s.response_ids for s in rows], pad_id=0)
     with torch.no_grad():
-        lp, _ = response_logprobs(lora_policy(0).model, batch)
+        lp, _, _ = response_logprobs(lora_policy(0).model, batch)
     expected = -(lp.sum() + 2 * lp[1, 0]) / (batch.response_mask.sum() + 2)
     assert abs(Learner(lora_policy(0), cfg).sft_backward(heavy, 1.0) - float(expected)) < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["fused head", "generic logits"])
+def test_set_logprob_is_the_mass_of_the_token_set_at_the_column(layout, monkeypatch):
+    if layout == "generic logits":  # a model whose decoder and head the layout table does not know
+        monkeypatch.setattr("selfredteam.rl.logprobs.decoder_and_head", lambda model: None)
+    model = tiny_model()
+    batch = pack(PROMPTS, RESPONSES, pad_id=0)
+    cols, tokens = torch.tensor([1, -1, 0, 1]), torch.tensor([20, 22, 30])
+    with torch.no_grad():
+        got = response_logprobs(model, batch, set_at=(cols, tokens)).set_logp
+    for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
+        if cols[i] < 0:
+            assert got[i] == 0
+            continue
+        with torch.no_grad():
+            probs = torch.softmax(model(torch.tensor([p + r])).logits[0, len(p) - 1 + cols[i]].float(), -1)
+        assert abs(float(got[i]) - float(probs[tokens].sum().log())) < 1e-5
+
+
+def decided_rows(opener=20):
+    """Two refusals (label harmful) and two answers (label benign), the decision at the answer's
+    first token; token `opener` opens a refusal."""
+    rows = [Sample("defender", p, r, 0.0, prompt_class=c, decision_at=0, refusal_openers=(opener,))
+            for p, r, c in zip(PROMPTS, RESPONSES, ("harmful", "benign", "harmful", "benign"))]
+    return rows
+
+
+def test_decision_bce_is_the_cross_entropy_of_the_refusal_decision():
+    from selfredteam.rl.learner import decision_bce
+
+    lp = torch.log(torch.tensor([0.9, 0.2, 0.5]))
+    expected = -(torch.log(torch.tensor(0.9)) + torch.log(torch.tensor(0.8)))
+    assert abs(float(decision_bce(lp, ["harmful", "benign", ""])) - float(expected)) < 1e-6
+    rows = decided_rows()
+    learner = Learner(lora_policy(0), TrainConfig(lr=0.0, micro_batch_size=2))
+    plain = Learner(lora_policy(0), TrainConfig(lr=0.0, micro_batch_size=2)).sft_backward(
+        [Sample("defender", s.prompt_ids, s.response_ids, 0.0) for s in rows], 1.0)
+    assert abs(learner.sft_backward(rows, 1.0) - plain) < 1e-6  # off: the NLL alone, the decision only logged
+    batch = pack([s.prompt_ids for s in rows], [s.response_ids for s in rows], pad_id=0)
+    with torch.no_grad():
+        p = response_logprobs(lora_policy(0).model, batch, set_at=(torch.zeros(4, dtype=torch.long),
+                                                                   torch.tensor([20]))).set_logp.exp()
+    stats = learner.decision_stats
+    assert abs(stats["sft/p_refuse_harmful"] - float(p[[0, 2]].mean())) < 1e-5
+    assert abs(stats["sft/p_refuse_benign"] - float(p[[1, 3]].mean())) < 1e-5
+    bce = -(p[0].log() + p[2].log() + (1 - p[1]).log() + (1 - p[3]).log()) / 4
+    assert abs(stats["sft/decision_bce"] - float(bce)) < 1e-5
+
+
+def test_decision_bce_pulls_refusal_apart_by_label():
+    """Both refusals open with token 20, the answers with others: the decision term lowers P(refuse)
+    on the answers' prompts and raises it on the refusals' beyond what the NLL alone does."""
+    from selfredteam.config import SftConfig
+
+    def trained(weight):
+        rows = decided_rows(opener=20)
+        rows[2].response_ids = [20, 26]  # both refusals open alike
+        learner = Learner(lora_policy(0), TrainConfig(lr=2e-2, micro_batch_size=4, sft=SftConfig(decision_bce=weight)))
+        for _ in range(15):
+            learner.sft_step(rows)
+        learner.sft_backward(rows, 1.0)
+        return learner.decision_stats
+
+    off, on = trained(0.0), trained(5.0)
+    assert on["sft/decision_bce"] < off["sft/decision_bce"]
+    assert on["sft/p_refuse_harmful"] > off["sft/p_refuse_harmful"]
+    assert on["sft/p_refuse_benign"] < off["sft/p_refuse_benign"]
+
+
+def test_a_step_with_a_nan_gradient_is_skipped_and_counted():
+    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
+    bad = [copy.copy(s) for s in rows]
+    bad[0].weights = [float("nan")] * len(bad[0].response_ids)
+    policy = lora_policy(0)
+    learner = Learner(policy, TrainConfig(lr=1e-2, micro_batch_size=2))
+    before = lora_state(policy)
+    assert math.isnan(learner.sft_step(bad))
+    after = lora_state(policy)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # not applied
+    assert learner.skipped_steps == 1 and learner.nonfinite_streak == 1
+    learner.sft_step(rows)
+    assert learner.nonfinite_streak == 0 and all(torch.isfinite(v).all() for v in lora_state(policy).values())
+    stats = learner.update(samples())
+    assert "loss/skipped_steps" not in stats  # only when this update skipped one

@@ -267,15 +267,18 @@ def test_eval_accepts_a_train_run_as_model(tiny_model_dir, tmp_path):
 
 def test_one_step_logs_role_advantages_budget_hits_sft_pull_and_the_monitor(tiny_model_dir, tmp_path):
     """Issue 19's switches together (GRPO over k answers per prompt, per-role-and-class groups,
-    paired SFT rows after a warm start, SFT fading out) and the metrics that make them visible."""
+    paired SFT rows after a warm start, SFT fading out; and #28's decision term) and the metrics
+    that make them visible."""
     out = tmp_path / "run"
     cfg = cfg_for(tiny_model_dir, "train.algorithm=grpo", "train.samples_per_prompt=2",
                   "train.advantage_norm=role_class", "train.sft.paired=true", "train.sft.warmup_steps=2",
                   "train.sft.decay_steps=4", "train.sft.thought_in_loss=false", "train.sft.normalize=sequence",
-                  "game.cut_off_format_reward=0", steps=1)
+                  "game.cut_off_format_reward=0", "train.sft.decision_bce=1", steps=1)
     train(cfg, out, judge=FakeJudge(), log=lambda *a: None)
     warm, step = read_metrics(out)
     assert warm["step"] == 0 and warm["warmup/sft_steps"] == 2 and warm["warmup/sft_nll_first"] > 0
+    assert 0 < warm["warmup/p_refuse_harmful_last"] < 1 and 0 < warm["warmup/p_refuse_benign_last"] < 1
+    assert step["sft/decision_bce"] > 0 and 0 < step["sft/p_refuse_benign"] < 1
     assert step["games"] == 8 and step["loss/sft_coef"] == 1.0
     for key in ("adv/attacker_mean", "adv/attacker_std", "adv/defender_mean", "adv/defender_std",
                 "adv/defender_harmful_mean", "adv/defender_benign_mean", "len/attacker_hit_budget",
@@ -390,3 +393,31 @@ def test_the_learner_gets_the_trunk_states_captured_while_sampling(tiny_model_di
           log=lambda *a: None)
     assert seen and seen[0], "no RL update ran"
     assert all(ok and weights is None for ok, weights in seen[0])
+
+
+def test_a_gradient_that_stays_nan_stops_the_warm_up_with_finite_weights_saved(tiny_model_dir, tmp_path, monkeypatch):
+    """A NaN gradient (a CUDA bf16 warm-up's at step ~300) is skipped rather than applied, and the
+    warm-up goes on; when it stays NaN, the run stops with a clear error and a checkpoint of the
+    last finite weights, resumable."""
+    from selfredteam.errors import TrainingDiverged
+    from selfredteam.rl.learner import Learner
+
+    data = _chat_rows(tmp_path)
+    cfg = cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.warmup_steps=6", steps=0)
+    backward, calls = Learner.sft_backward, []
+
+    def poisoned(self, sft, coef):
+        calls.append(1)
+        nll = backward(self, sft, coef)
+        if len(calls) == 2 or len(calls) >= 4:  # one bad step, then bad for good
+            self.policy.trainable_parameters()[0].grad.fill_(float("nan"))
+        return nll
+
+    monkeypatch.setattr(Learner, "sft_backward", poisoned)
+    monkeypatch.setattr("selfredteam.rl.learner.NONFINITE_LIMIT", 3)
+    out, logs = tmp_path / "run", []
+    with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row .* --resume"):
+        train(cfg, out, judge=FakeJudge(), log=logs.append)
+    state = json.loads((out / "checkpoints" / "step_0" / "state.json").read_text())
+    assert len(calls) == 6 and state["sft_warmup_done"] == 5  # the 6th step raised before it counted
+    assert all(torch.isfinite(t).all() for t in _adapter(out, 0).values())

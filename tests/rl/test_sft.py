@@ -362,3 +362,33 @@ def test_distill_resumably_resumes_after_a_crash(tmp_path):
     assert calls == [["p4"]] and [r["prompt"] for r in rows] == ["p0", "p1", "p2", "p3", "p4"] and missed == 0
     finish_resumable(out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refusal_openers_are_the_tokens_that_open_refusals_and_rarely_answers():
+    from selfredteam.rl.learner import Sample
+    from selfredteam.rl.sft import refusal_openers
+
+    def row(label, first):
+        return Sample("defender", [1], [first, 9], 0.0, prompt_class=label, decision_at=0)
+
+    refusals = [row("harmful", 5)] * 6 + [row("harmful", 6)] * 3 + [row("harmful", 7)] + [row("harmful", 8)] * 2
+    answers = [row("benign", 8)] * 4 + [row("benign", 5)] + [row("benign", 10)] * 5
+    # 5: 6/12 of refusals vs 1/10 of answers (5x) -> in; 6: 3/12 vs 0 -> in; 7: one refusal only -> out;
+    # 8: 2/12 of refusals vs 4/10 of answers -> out
+    assert refusal_openers(refusals + answers) == (5, 6)
+    assert refusal_openers(refusals) == ()  # no answers to tell them from
+
+
+def test_labelled_rows_carry_their_decision_point_and_the_openers():
+    rows = [SftRow("p1", "No way.", "T.", "harmful"), SftRow("p2", "No thanks.", "T.", "harmful"),
+            SftRow("p3", "Yes: blue.", "T.", "benign"), SftRow("p4", "Plain row.", "T.")]
+    term = _term(rows, decision_bce=1.0)
+    samples = [s for group in term.samples.values() for s in group]
+    for s in samples:
+        if s.prompt_class:
+            assert _text(s.response_ids[: s.decision_at]).endswith("<answer>")
+            assert s.refusal_openers == term.refusal_openers == (ord("N"),)
+        else:
+            assert s.decision_at == -1
+    with pytest.raises(ConfigError, match="decision_bce"):
+        _term([SftRow("p", "No.", "T.", "harmful"), SftRow("q", "No.", "T.", "benign")], decision_bce=1.0)
