@@ -482,14 +482,14 @@ def _sft_warmup(run: Run, stop: StopFlag) -> dict[str, Any]:
                     if f"sft/p_refuse_{k}" in decision:
                         p_refuse[k].append(decision[f"sft/p_refuse_{k}"])
             if run.warmed % every == 0 and run.warmed < steps and nll:
-                log_nll = sum(nll[-every:]) / len(nll[-every:])
-                run.log(f"SFT warm start: {run.warmed}/{steps} steps, NLL {log_nll:.3f}{_refusal_odds(p_refuse, every)} "
+                run.log(f"SFT warm start: {run.warmed}/{steps} steps, NLL {_recent_mean(nll, every):.3f}"
+                        f"{_refusal_odds(p_refuse, every)} "
                         f"({time.perf_counter() - t0:.0f} s).")
     if not nll:
         return {}
     run.log(f"SFT warm start: steps {first + 1}-{run.warmed} of {steps}, NLL {nll[0]:.3f} -> {nll[-1]:.3f}"
             f"{_refusal_odds(p_refuse, every)} ({timings.seconds['warmup']:.0f} s).")
-    last = {f"warmup/p_refuse_{k}_last": sum(v[-every:]) / len(v[-every:]) for k, v in p_refuse.items() if v}
+    last = {f"warmup/p_refuse_{k}_last": _recent_mean(v, every) for k, v in p_refuse.items() if v}
     if run.learner.skipped_steps:
         run.log(f"SFT warm start: {run.learner.skipped_steps} steps skipped, their gradient not finite.")
         last["warmup/skipped_steps"] = run.learner.skipped_steps
@@ -501,8 +501,14 @@ def _refusal_odds(p_refuse: dict[str, list[float]], last: int) -> str:
     """', P(refuse) harmful a / benign b' over the last `last` warm-up steps' rows ('' without labels)."""
     if not (p_refuse["harmful"] and p_refuse["benign"]):
         return ""
-    h, b = (sum(p_refuse[k][-last:]) / len(p_refuse[k][-last:]) for k in ("harmful", "benign"))
+    h, b = (_recent_mean(p_refuse[k], last) for k in ("harmful", "benign"))
     return f", P(refuse) at the answer's start: harmful rows {h:.2f} / benign rows {b:.2f}"
+
+
+def _recent_mean(values: list[float], n: int) -> float:
+    """The mean of the last `n` of `values` (non-empty): what the warm-up's log lines report."""
+    recent = values[-n:]
+    return sum(recent) / len(recent)
 
 
 def _judge_cuts(judge: Judge) -> int:
