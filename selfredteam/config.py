@@ -223,6 +223,12 @@ class SftConfig:
     which refusal rows (label harmful) raise and answer rows (label benign) lower, like a probe
     trained on the output (issue 28: a probe on the model's states separates the classes while its
     replies do not). 0 = off; sft/p_refuse_harmful and _benign are logged whenever rows have labels."""
+    answer_weight: float = 1.0
+    """Weight of an answer row (label benign) in the SFT loss, NLL and decision_bce alike, against 1
+    for a refusal row: the cost of an over-refusal against a missed refusal. A trained oracle's
+    P(refuse) ranks held-out harmful above benign prompts (AUC 0.73-0.81 on WJB adversarial) while
+    it refuses half the benign ones: the boundary is learned, its operating point is not
+    (issue 28, BENCHMARKS.md "Ranked, not placed"). Above 1 moves the decision toward answering."""
     normalize: Literal["token", "sequence"] = "token"
     """`token`: NLL summed over tokens / all target tokens (long answers outweigh short refusals);
     `sequence`: mean NLL per row, then mean over rows (each row weighs the same)."""
@@ -572,6 +578,8 @@ def validate(cfg: Config) -> None:
                           "the first answer tokens like the rest).")
     if t.sft.decision_bce < 0:
         raise ConfigError("train.sft.decision_bce must be >= 0 (0 = off).")
+    if t.sft.answer_weight <= 0:
+        raise ConfigError("train.sft.answer_weight must be > 0 (1 = an answer row weighs as much as a refusal row).")
     if t.samples_per_prompt < 1:
         raise ConfigError("train.samples_per_prompt must be >= 1.")
     for name, v in (("train.replay.fraction", t.replay.fraction), ("train.opponents.prob", t.opponents.prob)):

@@ -57,6 +57,12 @@ def test_negative_decision_weight_is_refused():
         load_config("cpu-demo", overrides=["train.sft.decision_weight=-1"])
 
 
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_an_answer_weight_that_is_not_positive_is_refused(value):
+    with pytest.raises(ConfigError, match="answer_weight must be > 0"):
+        load_config("cpu-demo", overrides=[f"train.sft.answer_weight={value}"])
+
+
 def test_yaml_roundtrip(tmp_path):
     cfg = load_config("cpu-demo", overrides=["game.cot=false"])
     path = save_config(cfg, tmp_path)

@@ -87,14 +87,22 @@ class Targets:
     adv: torch.Tensor
 
 
-def decision_bce(refuse_logp: torch.Tensor, labels: list[str]) -> torch.Tensor:
+def decision_bce(refuse_logp: torch.Tensor, labels: list[str], answer_weight: float = 1.0) -> torch.Tensor:
     """Summed binary cross-entropy of the refusal decision: -log P(refuse) on `harmful` rows,
-    -log(1 - P(refuse)) on `benign` ones, nothing on others; from log P(refuse) for stability."""
+    -log(1 - P(refuse)) on `benign` ones (times `answer_weight`), nothing on others; from
+    log P(refuse) for stability."""
     y = torch.tensor([1.0 if c == "harmful" else 0.0 for c in labels], device=refuse_logp.device)
-    on = torch.tensor([c in ("harmful", "benign") for c in labels], device=refuse_logp.device)
+    on = torch.tensor([row_weight(c, answer_weight) if c in ("harmful", "benign") else 0.0 for c in labels],
+                      device=refuse_logp.device)
     lp = refuse_logp.clamp(max=-1e-6)  # P(refuse) < 1: log(1 - P) stays finite
     per_row = -(y * lp + (1 - y) * torch.log(-torch.expm1(lp)))
     return (per_row * on).sum()
+
+
+def row_weight(label: str, answer_weight: float) -> float:
+    """An SFT row's weight in the loss: `answer_weight` (train.sft.answer_weight) for an answer row
+    (label benign), 1 for every other row."""
+    return answer_weight if label == "benign" else 1.0
 
 
 def warmup_lambda(warmup_steps: int):
@@ -225,7 +233,8 @@ class Learner:
     def sft_backward(self, sft: list[Sample], coef: float) -> float:
         """Auxiliary SFT: coef x NLL of reference answers, accumulated into the current gradients.
         `train.sft.normalize`: per token over all target tokens, or per row then over rows.
-        Returns the NLL, token weights (train.sft.decision_weight) applied, `coef` not.
+        Returns the NLL, token weights (train.sft.decision_weight) and row weights
+        (train.sft.answer_weight) applied, `coef` not.
 
         Rows with a decision point (`Sample.decision_at`) and a label also give P(refuse) there
         (`self.decision_stats`), and with train.sft.decision_bce its binary cross-entropy joins the
@@ -235,8 +244,11 @@ class Learner:
         if not sft or coef <= 0:
             return 0.0
         per_sequence = self.cfg.sft.normalize == "sequence"
-        n_tokens = float(sum(sum(s.weights) if s.weights else len(s.response_ids) for s in sft))
+        answer_weight = self.cfg.sft.answer_weight
+        row_w = [row_weight(s.prompt_class, answer_weight) for s in sft]
+        n_tokens = float(sum(w * (sum(s.weights) if s.weights else len(s.response_ids)) for w, s in zip(row_w, sft)))
         decided = {i for i, s in enumerate(sft) if s.decision_at >= 0 and s.prompt_class in ("harmful", "benign")}
+        decided_w = sum(row_w[i] for i in decided)
         openers = next((torch.tensor(sft[i].refusal_openers) for i in decided if sft[i].refusal_openers), None)
         total, bce_total = 0.0, 0.0
         p_refuse: dict[str, list[float]] = {"harmful": [], "benign": []}
@@ -253,18 +265,19 @@ class Learner:
                 if sft[i].weights:
                     weights[row, : len(sft[i].weights)] = torch.tensor(sft[i].weights)
             lp = lp * weights.to(lp.device)
+            rows_w = torch.tensor([row_w[i] for i in mb], device=lp.device)
             if per_sequence:
                 lengths = weights.sum(1).clamp(min=1).to(lp.device)
-                nll = -(lp.sum(1) / lengths).sum() / len(sft)
+                nll = -(rows_w * lp.sum(1) / lengths).sum() / sum(row_w)
             else:
-                nll = -lp.sum() / n_tokens
+                nll = -(rows_w[:, None] * lp).sum() / n_tokens
             loss = nll
             if refuse_lp is not None:
-                bce = decision_bce(refuse_lp, [sft[i].prompt_class if i in decided else "" for i in mb])
+                bce = decision_bce(refuse_lp, [sft[i].prompt_class if i in decided else "" for i in mb], answer_weight)
                 if self.cfg.sft.decision_bce > 0:
-                    loss = loss + self.cfg.sft.decision_bce * bce / len(decided)
+                    loss = loss + self.cfg.sft.decision_bce * bce / decided_w
                 if real:
-                    bce_total += bce.item() / len(decided)
+                    bce_total += bce.item() / decided_w
                     for row, i in enumerate(mb):
                         if i in decided:
                             p_refuse[sft[i].prompt_class].append(float(refuse_lp[row].detach().exp()))

@@ -319,6 +319,44 @@ def test_decision_bce_pulls_refusal_apart_by_label():
     assert on["sft/p_refuse_benign"] < off["sft/p_refuse_benign"]
 
 
+@pytest.mark.parametrize("normalize", ["token", "sequence"])
+def test_answer_weight_weighs_answer_rows_in_the_nll_and_the_decision_term(normalize):
+    """train.sft.answer_weight w: each answer row (label benign) counts w times in the NLL (per token or
+    per row) and in the decision BCE, refusal rows once; w = 1 is the unweighted loss."""
+    from selfredteam.config import SftConfig
+    from selfredteam.rl.learner import decision_bce
+
+    lp = torch.log(torch.tensor([0.9, 0.2]))
+    assert abs(float(decision_bce(lp, ["harmful", "benign"], answer_weight=3.0))
+               - float(-(torch.log(torch.tensor(0.9)) + 3 * torch.log(torch.tensor(0.8))))) < 1e-6
+
+    rows = decided_rows()
+    batch = pack([s.prompt_ids for s in rows], [s.response_ids for s in rows], pad_id=0)
+    with torch.no_grad():
+        out = response_logprobs(lora_policy(0).model, batch, set_at=(torch.zeros(4, dtype=torch.long),
+                                                                     torch.tensor([20])))
+    tok_lp = out.logp * batch.response_mask
+    w = torch.tensor([1.0, 3.0, 1.0, 3.0])  # rows 1 and 3 are answers
+    if normalize == "token":
+        nll = -(w[:, None] * tok_lp).sum() / (w * batch.response_mask.sum(1)).sum()
+    else:
+        nll = -(w * tok_lp.sum(1) / batch.response_mask.sum(1)).sum() / w.sum()
+    p = out.set_logp.exp()
+    bce = -(p[0].log() + p[2].log() + 3 * (1 - p[1]).log() + 3 * (1 - p[3]).log()) / w.sum()
+
+    def learner(weight):
+        return Learner(lora_policy(0), TrainConfig(lr=0.0, micro_batch_size=2, sft=SftConfig(
+            answer_weight=weight, decision_bce=1.0, normalize=normalize)))
+
+    weighted = learner(3.0)
+    assert abs(weighted.sft_backward(rows, 1.0) - float(nll)) < 1e-5
+    assert abs(weighted.decision_stats["sft/decision_bce"] - float(bce)) < 1e-5
+    plain = learner(1.0)
+    even = -(tok_lp.sum() / batch.response_mask.sum()) if normalize == "token" else \
+        -(tok_lp.sum(1) / batch.response_mask.sum(1)).mean()
+    assert abs(plain.sft_backward(rows, 1.0) - float(even)) < 1e-5
+
+
 def test_a_step_with_a_nan_gradient_is_skipped_and_counted():
     rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
     bad = [copy.copy(s) for s in rows]
