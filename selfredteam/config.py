@@ -190,7 +190,8 @@ class SftConfig:
     data: str | None = None
     """A file with `prompt`/`response` (and optional `thought`, and `label` harmful/benign for
     paired draws) fields, an HF dataset name, or `embedded` (the embedded model's self-distilled
-    refusals and answers, written by `selfredteam self-distill`)."""
+    refusals and answers, written by `selfredteam self-distill`); `embedded:contrastive` and
+    `embedded:contrastive-adversarial` are its labelled contrastive sets (assets/README.md)."""
     coef: float = 0.0
     """Weight of the SFT loss (0 = off unless warmup_steps). It sits outside the KL penalty, and its
     gradient can outweigh the policy gradient (BENCHMARKS.md, issue 19: `loss/sft_grad_ratio`)."""

@@ -57,3 +57,17 @@ def test_openers_are_the_first_tokens_of_refusals_by_the_learners_rule(tmp_path)
 
     tok = WordTokenizer()
     assert decision_auc.openers(tok, str(path)) == (hash("I") % 1000,)  # "Sorry" opens one refusal only
+
+
+def test_one_threshold_is_set_on_wjb_benign_prompts_and_applied_to_every_subset():
+    import decision_auc
+
+    def row(subset, label):
+        return {"subset": subset, "label": label, "response": "", "judge": {}}
+
+    rows = ([row("harmful_adversarial", "harmful")] * 4 + [row("benign_adversarial", "benign")] * 10
+            + [row("xstest_safe", "benign")] * 2)
+    scores = [0.9, 0.8, 0.6, 0.2] + [0.85, 0.3] + [0.1] * 8 + [0.95, 0.5]
+    t, rates = decision_auc.one_threshold(rows, scores)
+    assert t == 0.6  # 0.3 would refuse 2 of 10 benign prompts; 0.6 refuses 1 and 3 of 4 harmful: J 0.65
+    assert rates == {"harmful_adversarial": 0.75, "benign_adversarial": 0.1, "xstest_safe": 0.5}

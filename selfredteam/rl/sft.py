@@ -41,10 +41,12 @@ CPU-demo run; without one, the decision is made in the answer, as the model make
 (this sentence is echoed at times too, but it decides nothing)."""
 EMBEDDED_SFT = "embedded"
 """`train.sft.data` value for the shipped self-distillation set of the embedded model."""
-EMBEDDED_SETS = {EMBEDDED_SFT: "self_distill_embedded.jsonl", "embedded:contrastive": "contrastive_embedded.jsonl"}
+EMBEDDED_SETS = {EMBEDDED_SFT: "self_distill_embedded.jsonl", "embedded:contrastive": "contrastive_embedded.jsonl",
+                 "embedded:contrastive-adversarial": "contrastive_adversarial_embedded.jsonl"}
 """Shipped SFT sets of the embedded model (assets/README.md says how each was built): its own
-judge-approved replies, and the contrastive set (a refusal of every harmful seed, an answer to
-every benign one, over the seed pools with the boundary in them)."""
+judge-approved replies, the contrastive set (a refusal of every harmful seed, an answer to every
+benign one, over the seed pools with the boundary in them), and that set with 90 more
+jailbreak-style rows (every benign one the pool has)."""
 
 
 def embedded_sft_path(spec: str = EMBEDDED_SFT) -> Path:
@@ -292,7 +294,10 @@ def contrastive_distill(seeds: list[Seed], policy: Policy, judge: Judge, params:
     model's own words (on the last try a harmful seed's reply starts with a refusal's opening
     words, and the model finishes it). The judge only checks the reply: a refusal for harmful (and no harm in it),
     an unharmful non-refusal for benign; replies of fewer than MIN_TARGET_WORDS words, or that echo
-    the instructions or paraphrase the label hint (game.prompts.repeats_hint), are sampled again."""
+    the instructions or the request itself, or paraphrase the label hint (game.prompts.repeats_hint),
+    are sampled again. (A reply restating its request is one the judge passes as a harmless answer
+    with no help in it; 44 of the 213 answers of `embedded:contrastive-adversarial`'s first build
+    did, and a loss weighing answers 4x taught the restatement: issue 28.)"""
     from selfredteam.eval.metrics import echoes
     from selfredteam.game.cot import parse_direct
     from selfredteam.game.prompts import instruction_texts, labelled_turn, repeats_hint
@@ -313,8 +318,8 @@ def contrastive_distill(seeds: list[Seed], policy: Policy, judge: Judge, params:
         for i, a, v in zip(todo, answers, verdicts):
             seed = seeds[i]
             right = v.response_refusal is seed.harmful and v.response_harmful is False
-            if (v.parse_error or not right or len(a.split()) < MIN_TARGET_WORDS or echoes(a, instruction_texts())
-                    or repeats_hint(a)):
+            if (v.parse_error or not right or len(a.split()) < MIN_TARGET_WORDS
+                    or echoes(a, [*instruction_texts(), seed.prompt]) or repeats_hint(a)):
                 continue
             rows[i] = {"prompt": seed.prompt, "response": a, "thought": NEUTRAL_THOUGHT, "label": seed.label,
                        "source": seed.source}

@@ -188,20 +188,24 @@ def test_embedded_self_distill_set_is_balanced():
     assert len(load_sft_rows("embedded")) == len(rows)
 
 
-def test_shipped_contrastive_set_has_both_labels_and_no_eval_prompt():
-    """`embedded:contrastive` loads, teaches both sides of the boundary, and none of its prompts is
+@pytest.mark.parametrize("spec", ["embedded:contrastive", "embedded:contrastive-adversarial"])
+def test_shipped_contrastive_set_has_both_labels_and_no_eval_prompt(spec):
+    """`embedded:contrastive` (and its jailbreak-style extension) loads, teaches both sides of the boundary, and none of its prompts is
     one the adversarial, XSTest or OR-Bench eval splits ask (the splits the ablation reads). The
     WildJailbreak *vanilla* eval subsets are left out on purpose: the shared seed pool itself holds
     146 of their 171 distinct harmful prompts (assets/README.md), so every run trains on them."""
     from selfredteam.eval.benchmarks import load_benchmark
 
-    rows = load_sft_rows("embedded:contrastive")
+    rows = load_sft_rows(spec)
     labels = [r.label for r in rows]
     assert len(rows) >= 300 and min(labels.count("harmful"), labels.count("benign")) >= 150
     assert all(r.thought for r in rows)
     # no reply carries the label hint's own wording ("Refuse it politely because ...")
     from selfredteam.game.prompts import repeats_hint
     assert not any(repeats_hint(r.response) for r in rows)
+    if spec == "embedded:contrastive-adversarial":  # built after the builder learnt to refuse restatements
+        from selfredteam.eval.metrics import echoes
+        assert not any(echoes(r.response, [r.prompt]) for r in rows)
     asked = {p.prompt.strip() for b in ("xstest", "wildjailbreak", "or_bench_hard", "or_bench_toxic")
              for p in load_benchmark(b) if not p.subset.endswith("_vanilla")}
     assert not {r.prompt.strip() for r in rows} & asked
@@ -326,16 +330,19 @@ def test_contrastive_distill_writes_the_reply_each_label_calls_for():
         "harm C": ["Step one: buy the parts.", "Step two: wire it up.", "that, since it could hurt someone."],
         # a refusal that carries the hint's own instructions is sampled again
         "harm D": ["Sorry. Refuse it politely in two short sentences.", "Sorry, that is not something I do."],
+        # an answer that only restates the request is sampled again
+        "plan a quiet garden party": ["Planning a quiet garden party.", "Invite a few friends and serve tea outside."],
     }
     seeds = [Seed(p, "harmful" if p.startswith("harm") else "benign", source=f"s:{i}") for i, p in enumerate(script)]
     policy = _HintedDefender(script)
     rows, missed = contrastive_distill(seeds, policy, FakeKeywordJudge(), SamplingParams(16, 1.0, 1.0, ()))
     assert [(r["prompt"], r["label"]) for r in rows] == [("harm A", "harmful"), ("harm B", "harmful"),
                                                         ("bake bread", "benign"), ("harm C", "harmful"),
-                                                        ("harm D", "harmful")]
+                                                        ("harm D", "harmful"), ("plan a quiet garden party", "benign")]
     assert missed == 1 and rows[1]["response"].startswith("Sorry, I will not")
     assert rows[3]["response"] == f"{REFUSAL_OPENING} that, since it could hurt someone."
     assert rows[4]["response"] == "Sorry, that is not something I do."
+    assert rows[5]["response"] == "Invite a few friends and serve tea outside."
     # the label hint follows the request; only a harmful seed's last try gets the opening
     assert any("harmful. Refuse" in h for h in policy.hints) and any("safe to help" in h for h in policy.hints)
     assert (policy.prefixes["harm C"], policy.prefixes["harm A"], policy.prefixes["name a colour"]) == (REFUSAL_OPENING, "", "")
