@@ -226,10 +226,11 @@ class SftConfig:
     replies do not). 0 = off; sft/p_refuse_harmful and _benign are logged whenever rows have labels."""
     answer_weight: float = 1.0
     """Weight of an answer row (label benign) in the SFT loss, NLL and decision_bce alike, against 1
-    for a refusal row: the cost of an over-refusal against a missed refusal. A trained oracle's
-    P(refuse) ranks held-out harmful above benign prompts (AUC 0.73-0.81 on WJB adversarial) while
-    it refuses half the benign ones: the boundary is learned, its operating point is not
-    (issue 28, BENCHMARKS.md "Ranked, not placed"). Above 1 moves the decision toward answering."""
+    for a refusal row: the cost of an over-refusal against a missed refusal. Why: a trained oracle's
+    P(refuse) ranks held-out harmful above benign prompts (AUC 0.67-0.81 on WJB adversarial) while it
+    refuses half the benign ones, so the boundary is partly learned and misplaced. Above 1 leans the
+    training rows' decision toward answering; whether held-out prompts follow varied by seed (4: benign
+    refusal 0.15 on one seed, 0.63 on another; issue 28, BENCHMARKS.md "Ranked, not placed")."""
     normalize: Literal["token", "sequence"] = "token"
     """`token`: NLL summed over tokens / all target tokens (long answers outweigh short refusals);
     `sequence`: mean NLL per row, then mean over rows (each row weighs the same)."""
