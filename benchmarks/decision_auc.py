@@ -5,14 +5,15 @@ the decision behind it. For each answer of an `eval` results.jsonl it replays th
 prompt and thought up to `<answer>` (teacher-forced, one forward) and takes P(refuse) at the
 answer's first token: the probability mass of the tokens that open the SFT set's refusals (the
 same `refusal_openers` as `train.sft.decision_bce`). Per family (WJB adversarial harmful vs
-benign, OR toxic vs hard) it prints that score's AUC beside the probe's and the model's J at
-its own operating point, the best J any threshold on the score gives, and the best J of a
+benign, OR toxic vs hard) it prints that score's AUC (to set beside `selfredteam probe`'s),
+the model's J at its own operating point, the best J any threshold on the score gives, and the best J of a
 threshold that refuses at most 10% of the benign prompts. An answer without CoT tags (the base
 model writes some) is scored at the start of its response.
 
-An AUC near the probe's with a poor J means the boundary is learned and only the bias is off
-(a threshold or class weight moves it); an AUC near 0.5 means the reply does not read the
-boundary at all, and no bias fixes that.
+An AUC near the probe's with a poor J means the boundary is learned and the decision is misplaced
+on it (`train.sft.answer_weight` leans it; BENCHMARKS.md "Ranked, not placed"); an AUC near 0.5
+means the reply does not read the boundary at all, and no placement fixes that. The last line
+applies one threshold, set on WJB adversarial, to every subset.
 
     python benchmarks/decision_auc.py --model runs/c28/bce1/run0 \
         --results runs/c28/bce1/run0/eval/screen/results.jsonl
