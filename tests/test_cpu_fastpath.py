@@ -116,3 +116,16 @@ def test_bf16_model_decodes_through_the_fp16_pack_and_keeps_bf16_elsewhere():
     ids = torch.randint(2, 64, (6, 9))
     a, b = greedy(model, ids), greedy(fast, ids)
     torch.testing.assert_close(torch.stack(a.logits).float(), torch.stack(b.logits).float(), atol=5e-2, rtol=2**-6)
+
+
+def test_a_switched_linear_moved_off_the_cpu_runs_the_stock_kernel():
+    """A model loaded on the CPU (its layers switched) and then moved to an accelerator keeps the
+    class: `eval --model RUN` merges the adapter on the CPU and samples on CUDA, where fbgemm's fp16
+    pack does not exist (it raised there, 2026-12-04). Off the CPU the forward is nn.Linear's."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    model.requires_grad_(False)
+    use_small_batch_linears(model, fp16_weights=True)
+    model.to("meta")
+    with torch.no_grad():
+        out = model(torch.zeros(4, 16, device="meta"))
+    assert out.shape == (4, 8) and out.device.type == "meta"

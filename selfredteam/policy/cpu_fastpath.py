@@ -12,7 +12,8 @@ AVX2 dev machine, fp32 Qwen2-0.5B, batch 8; benchmarks/rollout.py):
   tok/s. On the embedded model the logits moved by at most 7e-5 (its weights come from a 4-bit
   GGUF and are nearly fp16-exact; a bf16 checkpoint converts to fp16 almost losslessly too).
 
-Only inference without autograd takes these paths; prefill-sized inputs (> 32 rows) and
+Only inference without autograd on the CPU takes these paths (a switched model moved to CUDA runs
+nn.Linear's kernel); prefill-sized inputs (> 32 rows) and
 everything with autograd (the learner's gradient passes) run the stock kernel. Only
 weights that do not require grad are packed (with LoRA: the whole frozen base), and a pack is
 rebuilt whenever the weight tensor is replaced or modified in place through the parameter.
@@ -51,7 +52,7 @@ class SmallBatchLinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.dim() >= 2 else 1
-        if rows > MAX_ROWS or torch.is_grad_enabled():
+        if rows > MAX_ROWS or torch.is_grad_enabled() or x.device.type != "cpu":
             return super().forward(x)
         if self.fp16_weights and not self.weight.requires_grad and x.dim() >= 2 and x.dtype in _FP16_PATH_DTYPES:
             out = torch.ops.quantized.linear_dynamic_fp16(x.float(), self._packed_fp16())
