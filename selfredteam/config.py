@@ -241,6 +241,12 @@ class SftConfig:
     """Optimizer steps of SFT alone (batch_size rows each) before the first RL step: a short warm
     start instead of (or before) SFT at every step. With train.steps=0, supervised fine-tuning
     alone (an ablation's oracle row)."""
+    warmup_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """The warm-up's learning rate over its steps: train.lr throughout (`constant`), or train.lr
+    decaying to 0 at its last step (`linear`, `cosine`; TRL's SFT trainer decays linearly by
+    default). The RL steps after it run at train.lr whatever this says. Why: at the cpu-demo's lr
+    and 2 rows a step, the last few steps' rows move where the decision lands on prompts the
+    warm-up never saw; a decayed rate ends on an average of many draws (issue 28)."""
 
 
 @dataclass

@@ -109,6 +109,16 @@ def warmup_lambda(warmup_steps: int):
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
+def sft_warmup_lr_scale(schedule: str, step: int, steps: int) -> float:
+    """The SFT warm-up's learning rate at its 0-based `step` of `steps`, as a fraction of train.lr
+    (train.sft.warmup_schedule): 1 throughout, or from 1 at the first step down to 1/steps
+    (linear) or near 0 (cosine) at the last, so the last update is a small one."""
+    if schedule == "constant" or steps <= 1:
+        return 1.0
+    done = step / steps
+    return 1.0 - done if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+
+
 class Learner:
     """Single process by default; under `accelerate launch` the gradient pass runs through the
     accelerator-prepared model (DDP, or FSDP2 with the optimizer prepared with it) or a DeepSpeed
@@ -309,12 +319,22 @@ class Learner:
                 self._sft_trunk_bytes += states.nbytes
         return out
 
-    def sft_step(self, sft: list[Sample]) -> float:
-        """One optimizer step on the SFT loss alone (train.sft.warmup_steps); returns the NLL."""
+    def sft_step(self, sft: list[Sample], lr_scale: float = 1.0) -> float:
+        """One optimizer step on the SFT loss alone (train.sft.warmup_steps) at `lr_scale` x the
+        current learning rate (train.sft.warmup_schedule), which the RL steps then get back;
+        returns the NLL."""
         self.policy.model.eval()  # no dropout, as in the RL passes
         self._zero_grad()
         nll = self.sft_backward(sft, 1.0)
-        self._step()
+        groups = self.optimizer.param_groups
+        rates = [g["lr"] for g in groups]
+        for g in groups:
+            g["lr"] *= lr_scale
+        try:
+            self._step()
+        finally:
+            for g, lr in zip(groups, rates):
+                g["lr"] = lr
         return nll
 
     # -- one optimizer step: backward passes, clipping, the update --------------------------

@@ -50,7 +50,7 @@ from selfredteam.policy.base import (
 from selfredteam.policy.runtime import describe, runtime_info, save_runtime
 from selfredteam.rl.distributed import make_accelerator, sampling_params_gathered
 from selfredteam.rl.extensions import Extensions
-from selfredteam.rl.learner import Learner, Sample
+from selfredteam.rl.learner import Learner, Sample, sft_warmup_lr_scale
 from selfredteam.rl.metrics import game_metrics
 from selfredteam.rl.model import TrainablePolicy, build_trainable
 from selfredteam.rl.sft import HELPFUL_THOUGHT, NEUTRAL_THOUGHT, SftTerm, load_sft_rows
@@ -472,7 +472,8 @@ def _sft_warmup(run: Run, stop: StopFlag) -> dict[str, Any]:
     t0 = time.perf_counter()
     with timings.timed("warmup"):
         while run.warmed < steps and not stop.requested:
-            step_nll = run.learner.sft_step(run.sft.draw(run.rng))
+            scale = sft_warmup_lr_scale(run.cfg.train.sft.warmup_schedule, run.warmed, steps)
+            step_nll = run.learner.sft_step(run.sft.draw(run.rng), lr_scale=scale)
             run.warmed += 1
             stop.requested = run.any_process(stop.requested)
             if math.isfinite(step_nll):  # else a skipped step (Learner._step): nothing to average

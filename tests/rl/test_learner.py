@@ -225,6 +225,36 @@ def test_sft_rows_keep_their_trunk_states_and_train_the_same():
     assert all(torch.allclose(sa[k], sc[k], atol=1e-6) for k in sa)
 
 
+def test_sft_step_scales_the_update_by_lr_scale_and_keeps_the_rate():
+    """train.sft.warmup_schedule: a warm-up step at half the rate moves the weights half as far (Adam's
+    first step is lr x g / |g|), and the optimizer's rate is train.lr again after it (the RL steps
+    and the LR scheduler read it)."""
+    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
+    moved = []
+    for scale in (1.0, 0.5):
+        policy = lora_policy(0)
+        before = lora_state(policy)
+        learner = Learner(policy, TrainConfig(lr=1e-2, micro_batch_size=2))
+        learner.sft_step([copy.copy(s) for s in rows], lr_scale=scale)
+        assert [g["lr"] for g in learner.optimizer.param_groups] == [1e-2]
+        after = lora_state(policy)
+        moved.append(torch.cat([(after[k] - before[k]).flatten() for k in before]))
+    torch.testing.assert_close(moved[1], 0.5 * moved[0], atol=1e-7, rtol=1e-4)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_the_warm_up_schedules_start_at_the_full_rate_and_decay_toward_zero(schedule):
+    from selfredteam.rl.learner import sft_warmup_lr_scale
+
+    scales = [sft_warmup_lr_scale(schedule, i, 100) for i in range(100)]
+    assert scales[0] == 1.0 and sft_warmup_lr_scale(schedule, 0, 1) == 1.0
+    if schedule == "constant":
+        assert set(scales) == {1.0}
+    else:
+        assert all(a > b for a, b in zip(scales, scales[1:])) and 0 < scales[-1] < 0.011
+        assert abs(scales[50] - 0.5) < 1e-9  # both are halfway down halfway through
+
+
 def test_sft_trunk_states_stop_at_the_memory_cap(monkeypatch):
     monkeypatch.setattr("selfredteam.rl.learner.SFT_TRUNK_BYTES", 1)
     rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]

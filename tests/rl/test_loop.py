@@ -346,11 +346,11 @@ def test_ctrl_c_in_the_sft_warm_up_saves_it_and_resume_finishes_it_the_same(tiny
     train(cfg, full, judge=FakeJudge(), log=lambda *a: None)
     sft_step, calls = Learner.sft_step, []
 
-    def interrupted(self, rows):
+    def interrupted(self, rows, **kw):
         calls.append(1)
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during the second step
-        return sft_step(self, rows)
+        return sft_step(self, rows, **kw)
 
     monkeypatch.setattr(Learner, "sft_step", interrupted)
     stopped = train(cfg, part, judge=FakeJudge(), log=lambda *a: None)
@@ -361,6 +361,36 @@ def test_ctrl_c_in_the_sft_warm_up_saves_it_and_resume_finishes_it_the_same(tiny
     assert len(calls) == 4 and last["warmup/sft_steps"] == 4 and last["run/stop_reason"] == "done"
     a, b = _adapter(full, 0), _adapter(part, 0)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_decaying_warm_up_schedule_lowers_the_rate_step_by_step_and_resumes_where_it_stopped(
+        schedule, tiny_model_dir, tmp_path, monkeypatch):
+    """train.sft.warmup_schedule: each warm-up step's rate follows the schedule from where the run
+    is (a resume carries on down the same curve), and the RL steps after it get train.lr back."""
+    from selfredteam.rl.learner import Learner, sft_warmup_lr_scale
+
+    sft_step, scales, rates = Learner.sft_step, [], []
+
+    def recorded(self, rows, lr_scale=1.0):
+        scales.append(lr_scale)
+        return sft_step(self, rows, lr_scale=lr_scale)
+
+    update = Learner.update
+
+    def rl_update(self, *a, **kw):
+        rates.append([g["lr"] for g in self.optimizer.param_groups])
+        return update(self, *a, **kw)
+
+    monkeypatch.setattr(Learner, "sft_step", recorded)
+    monkeypatch.setattr(Learner, "update", rl_update)
+    data = _chat_rows(tmp_path)
+    cfg = cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.warmup_steps=4",
+                  f"train.sft.warmup_schedule={schedule}", "train.lr=0.01", steps=1)
+    train(cfg, tmp_path / "run", judge=FakeJudge(), log=lambda *a: None)
+    assert scales == [sft_warmup_lr_scale(schedule, i, 4) for i in range(4)]
+    assert scales[0] == 1.0 and all(a > b for a, b in zip(scales, scales[1:])) and scales[-1] < 0.26
+    assert rates and all(lr == 0.01 for lr in rates[0])
 
 
 def test_resume_after_the_warm_up_does_not_repeat_it(tiny_model_dir, tmp_path):
