@@ -72,6 +72,7 @@ def p_refuse(policy, rows: list[dict], opener_ids: tuple[int, ...], batch: int =
     import torch
 
     from selfredteam.game.prompts import defender_turn
+    from selfredteam.rl.sft import THOUGHT_END
 
     tok, model = policy.tokenizer, policy.model
     contexts = []
@@ -79,7 +80,7 @@ def p_refuse(policy, rows: list[dict], opener_ids: tuple[int, ...], batch: int =
         at = r["response"].find(ANSWER_TAG)
         head = r["response"][: at + len(ANSWER_TAG)] if at >= 0 else ""
         if thought is not None:
-            head = f" {thought} </think>{ANSWER_TAG}"
+            head = f" {thought} {THOUGHT_END}"  # as SftTerm post-fills a row's thought
         contexts.append(policy.encode(defender_turn(r["prompt"], True)) + tok(head, add_special_tokens=False)["input_ids"])
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))  # less padding
     out = [0.0] * len(contexts)

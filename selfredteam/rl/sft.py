@@ -39,6 +39,9 @@ NEUTRAL_THOUGHT = "I will read the request carefully and reply to the user."
 request is harmful, so I will not help") was copied into the answers of benign prompts in a
 CPU-demo run; without one, the decision is made in the answer, as the model makes it directly
 (this sentence is echoed at times too, but it decides nothing)."""
+THOUGHT_END = "</think><answer>"
+"""What follows a post-filled thought in an SFT target: the thought closes and the answer opens
+(benchmarks/decision_auc.py --thought builds the same context)."""
 EMBEDDED_SFT = "embedded"
 """`train.sft.data` value for the shipped self-distillation set of the embedded model."""
 EMBEDDED_SETS = {EMBEDDED_SFT: "self_distill_embedded.jsonl", "embedded:contrastive": "contrastive_embedded.jsonl",
@@ -142,10 +145,10 @@ class SftTerm:
         if self.cot:
             thought = f" {row.thought or HELPFUL_THOUGHT} "
             if self.cfg.sft.thought_in_loss:
-                before = ids(thought + "</think><answer>")
+                before = ids(thought + THOUGHT_END)
             else:
                 prompt = prompt + ids(thought)  # context only: the policy is never taught to say it
-                before = ids("</think><answer>")
+                before = ids(THOUGHT_END)
             after = ids("</answer>")
         answer = ids(row.response)
         room = budget - len(before) - len(after) - 1  # 1 for EOS
