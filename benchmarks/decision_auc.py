@@ -183,9 +183,9 @@ def main() -> None:
     result = {}
     for fam in FAMILIES:
         keep = [i for i, r in enumerate(rows) if family_of(r)[0] == fam]
-        if not keep or all(family_of(rows[i])[1] for i in keep) or not any(family_of(rows[i])[1] for i in keep):
-            continue
         harmful = [family_of(rows[i])[1] for i in keep]
+        if all(harmful) or not any(harmful):  # no rows, or one side only (XSTest safe): no J to read
+            continue
         refused = [bool(rows[i]["judge"].get("response_refusal")) for i in keep]
         res = summary([scores[i] for i in keep], harmful, refused)
         result[fam] = res
