@@ -55,12 +55,15 @@ def measured(cmd: list[str], record: Path) -> dict:
     return stats
 
 
-def train(run: Path, seed: int, sets: list[str]) -> dict:
+def train(run: Path, seed: int, sets: list[str], warm_start: Path | None = None) -> dict:
+    """Train one seed (its wall time excludes a `warm_start`'s warm-up, which an earlier run paid)."""
     record = run / "efficacy_train.json"
     if record.is_file() and has_checkpoint(run):
         return json.loads(record.read_text())
     run.mkdir(parents=True, exist_ok=True)
     cmd = cli("train", "--preset", "cpu-demo", "--out", str(run), "--set", f"run.seed={seed}", *sets)
+    if warm_start:
+        cmd += ["--resume", str(warm_start / f"run{seed}" / "checkpoints" / "step_0")]
     return measured(cmd, record)
 
 
@@ -229,6 +232,9 @@ def main() -> None:
     ap.add_argument("--baseline-out", type=Path, help="where the base model's answers are kept (default OUT/base)")
     ap.add_argument("--train-only", action="store_true")
     ap.add_argument("--screen", action="store_true", help=f"evaluate only {SCREEN}")
+    ap.add_argument("--warm-start", type=Path, metavar="OUT",
+                    help="start each seed's RL steps from OUT/runSEED's finished SFT warm-up (an oracle run with "
+                         "train.steps=0 and the same warm-up settings) instead of training the warm-up again")
     ap.add_argument("--collect", type=Path, nargs="+", metavar="OUT",
                     help="print one table over these finished OUT dirs (seeds side by side) and exit")
     args = ap.parse_args()
@@ -241,7 +247,7 @@ def main() -> None:
     t0 = time.time()
     for seed in args.seeds:
         run = args.out / f"run{seed}"
-        tr = train(run, seed, sets)
+        tr = train(run, seed, sets, args.warm_start)
         print(f"seed {seed}: trained in {tr['wall_s'] / 60:.1f} min, peak RSS {tr['peak_rss_gib']:.2f} GiB", flush=True)
         if not args.train_only:
             runs[seed] = (tr, evaluate(run, base_out, sets, args.per_subset, SCREEN if args.screen else SPLITS))

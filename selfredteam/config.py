@@ -241,6 +241,12 @@ class SftConfig:
     """Optimizer steps of SFT alone (batch_size rows each) before the first RL step: a short warm
     start instead of (or before) SFT at every step. With train.steps=0, supervised fine-tuning
     alone (an ablation's oracle row)."""
+    lr: float | None = None
+    """The warm-up's peak learning rate (None: train.lr). Why apart: the warm-up fits a few hundred
+    labelled rows, while the RL steps after it should move the warm-started policy gently; at the
+    cpu-demo's 5e-4, 20 self-play steps after an oracle warm-up gave back half its held-out gain
+    (issue 28, BENCHMARKS.md "Placing the decision with the rate decayed"). The auxiliary SFT term
+    (coef) runs inside the RL steps, at train.lr."""
     warmup_schedule: Literal["constant", "linear", "cosine"] = "linear"
     """The warm-up's learning rate over its steps: train.lr decaying to 0 at its last step (`linear`,
     as TRL's SFT trainer does by default, or `cosine`), or train.lr throughout (`constant`, what
@@ -262,6 +268,11 @@ class TrainConfig:
     train_batch_size: int = 8
     micro_batch_size: int = 4
     lr: float = 1e-5
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """The RL steps' rate over train.steps: train.lr throughout, or decaying to 0 at the last step
+    (after the train.warmup_steps ramp). Why: after an SFT warm-up, the last steps at a constant
+    rate move where the refusal decision lands on new prompts, as they did inside the warm-up
+    (train.sft.warmup_schedule; issue 28)."""
     kl_coef: float = 0.01
     kl_estimator: Literal["k1", "k3"] = "k1"
     clip_eps: float = 0.2

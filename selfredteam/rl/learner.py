@@ -105,14 +105,20 @@ def row_weight(label: str, answer_weight: float) -> float:
     return answer_weight if label == "benign" else 1.0
 
 
-def warmup_lambda(warmup_steps: int):
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+def rl_lr_lambda(cfg: TrainConfig):
+    """The RL steps' rate as a fraction of train.lr at the scheduler's step (one per RL update): a
+    linear ramp over train.warmup_steps times the train.lr_schedule decay over train.steps."""
+    def scale(step: int) -> float:
+        ramp = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+        return ramp * lr_decay_scale(cfg.lr_schedule, step, cfg.steps)
+    return scale
 
 
-def sft_warmup_lr_scale(schedule: str, step: int, steps: int) -> float:
-    """The SFT warm-up's learning rate at its 0-based `step` of `steps`, as a fraction of train.lr
-    (train.sft.warmup_schedule): 1 throughout, or from 1 at the first step down to 1/steps
-    (linear) or near 0 (cosine) at the last, so the last update is a small one."""
+def lr_decay_scale(schedule: str, step: int, steps: int) -> float:
+    """A rate at the 0-based `step` of `steps`, as a fraction of its peak (train.lr_schedule for
+    the RL steps, train.sft.warmup_schedule for the SFT warm-up): 1 throughout, or from 1 at the
+    first step down to 1/steps (linear) or near 0 (cosine) at the last, so the last update is a
+    small one."""
     if schedule == "constant" or steps <= 1:
         return 1.0
     done = step / steps
@@ -150,7 +156,7 @@ class Learner:
             policy.sharded = True
         elif self.world > 1:
             self.train_model = accelerator.prepare_model(policy.model)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_lambda(cfg.warmup_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, rl_lr_lambda(cfg))
         self._sft_trunk_bytes = 0
         self.skipped_steps = 0
         """Optimizer steps skipped because their gradient was not finite (`_step`), this process's run."""
@@ -557,8 +563,17 @@ class Learner:
                 "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Optimizer moments and the scheduler's step as saved, at this config's train.lr: a resume
+        with the same config continues exactly, and one with a new --set train.lr (the RL steps
+        after a finished SFT warm-up, say) runs at it instead of silently at the saved rate."""
         load_optimizer_state(self.policy.model, self.optimizer, state["optimizer"], self.engine)
         self.scheduler.load_state_dict(state["scheduler"])
+        sched = self.scheduler
+        sched.base_lrs = [self.cfg.lr for _ in self.optimizer.param_groups]
+        for g, rate in zip(self.optimizer.param_groups, sched.lr_lambdas):
+            g["initial_lr"] = self.cfg.lr
+            g["lr"] = self.cfg.lr * rate(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # what get_last_lr() logs
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

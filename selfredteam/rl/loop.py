@@ -50,7 +50,7 @@ from selfredteam.policy.base import (
 from selfredteam.policy.runtime import describe, runtime_info, save_runtime
 from selfredteam.rl.distributed import make_accelerator, sampling_params_gathered
 from selfredteam.rl.extensions import Extensions
-from selfredteam.rl.learner import Learner, Sample, sft_warmup_lr_scale
+from selfredteam.rl.learner import Learner, Sample, lr_decay_scale
 from selfredteam.rl.metrics import game_metrics
 from selfredteam.rl.model import TrainablePolicy, build_trainable
 from selfredteam.rl.sft import HELPFUL_THOUGHT, NEUTRAL_THOUGHT, SftTerm, load_sft_rows
@@ -464,6 +464,7 @@ def _sft_warmup(run: Run, stop: StopFlag) -> dict[str, Any]:
     can take longer than the self-play after it (the oracle's three passes: ~24 min on 2 cores), so
     it says how far it is."""
     steps = run.cfg.train.sft.warmup_steps
+    peak = (run.cfg.train.sft.lr or run.cfg.train.lr) / run.cfg.train.lr  # the warm-up's rate against train.lr
     first = run.warmed
     every = max(1, steps // 10)
     timings = Timings()
@@ -472,7 +473,7 @@ def _sft_warmup(run: Run, stop: StopFlag) -> dict[str, Any]:
     t0 = time.perf_counter()
     with timings.timed("warmup"):
         while run.warmed < steps and not stop.requested:
-            scale = sft_warmup_lr_scale(run.cfg.train.sft.warmup_schedule, run.warmed, steps)
+            scale = peak * lr_decay_scale(run.cfg.train.sft.warmup_schedule, run.warmed, steps)
             step_nll = run.learner.sft_step(run.sft.draw(run.rng), lr_scale=scale)
             run.warmed += 1
             stop.requested = run.any_process(stop.requested)

@@ -242,12 +242,43 @@ def test_sft_step_scales_the_update_by_lr_scale_and_keeps_the_rate():
     torch.testing.assert_close(moved[1], 0.5 * moved[0], atol=1e-7, rtol=1e-4)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_the_rl_steps_rate_follows_train_lr_schedule_after_the_warmup_ramp(schedule):
+    """train.lr_schedule: one scheduler step per RL update; the ramp (train.warmup_steps) and the
+    decay over train.steps multiply."""
+    learner = Learner(lora_policy(0), TrainConfig(lr=1e-2, steps=4, warmup_steps=2, lr_schedule=schedule))
+    rates = []
+    for _ in range(4):
+        rates.append(learner.optimizer.param_groups[0]["lr"])
+        learner.scheduler.step()
+    decay = [1.0, 0.75, 0.5, 0.25] if schedule == "linear" else [1.0] * 4
+    assert rates == pytest.approx([1e-2 * r * d for r, d in zip([0.5, 1, 1, 1], decay)])
+
+
+def test_a_loaded_state_runs_at_this_configs_rate_on_the_saved_schedule():
+    """A resume with the same config continues at the saved rate; one with a new train.lr (the RL
+    steps after a finished warm-up at another rate) runs at it, on the scheduler's saved step,
+    instead of silently at the saved rate (the optimizer state carries its lr)."""
+    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
+    saved = Learner(lora_policy(0), TrainConfig(lr=1e-2, warmup_steps=4, micro_batch_size=2))
+    saved.sft_step([copy.copy(s) for s in rows])
+    saved.scheduler.step()  # one RL update's step: the warm-up lambda is now at 2/4
+    state = saved.state_dict()
+    for lr in (1e-2, 3e-3):
+        learner = Learner(lora_policy(0), TrainConfig(lr=lr, warmup_steps=4, micro_batch_size=2))
+        learner.load_state_dict(state)
+        assert [g["lr"] for g in learner.optimizer.param_groups] == pytest.approx([lr * 2 / 4])
+        assert learner.scheduler.get_last_lr() == pytest.approx([lr * 2 / 4])
+        learner.scheduler.step()
+        assert learner.scheduler.get_last_lr() == pytest.approx([lr * 3 / 4])
+
+
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
 def test_the_warm_up_schedules_start_at_the_full_rate_and_decay_toward_zero(schedule):
-    from selfredteam.rl.learner import sft_warmup_lr_scale
+    from selfredteam.rl.learner import lr_decay_scale
 
-    scales = [sft_warmup_lr_scale(schedule, i, 100) for i in range(100)]
-    assert scales[0] == 1.0 and sft_warmup_lr_scale(schedule, 0, 1) == 1.0
+    scales = [lr_decay_scale(schedule, i, 100) for i in range(100)]
+    assert scales[0] == 1.0 and lr_decay_scale(schedule, 0, 1) == 1.0
     if schedule == "constant":
         assert set(scales) == {1.0}
     else:

@@ -368,7 +368,7 @@ def test_a_decaying_warm_up_schedule_lowers_the_rate_step_by_step_and_resumes_wh
         schedule, tiny_model_dir, tmp_path, monkeypatch):
     """train.sft.warmup_schedule: each warm-up step's rate follows the schedule from where the run
     is (a resume carries on down the same curve), and the RL steps after it get train.lr back."""
-    from selfredteam.rl.learner import Learner, sft_warmup_lr_scale
+    from selfredteam.rl.learner import Learner, lr_decay_scale
 
     sft_step, scales, rates = Learner.sft_step, [], []
 
@@ -388,7 +388,7 @@ def test_a_decaying_warm_up_schedule_lowers_the_rate_step_by_step_and_resumes_wh
     cfg = cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.warmup_steps=4",
                   f"train.sft.warmup_schedule={schedule}", "train.lr=0.01", steps=1)
     train(cfg, tmp_path / "run", judge=FakeJudge(), log=lambda *a: None)
-    assert scales == [sft_warmup_lr_scale(schedule, i, 4) for i in range(4)]
+    assert scales == [lr_decay_scale(schedule, i, 4) for i in range(4)]
     assert scales[0] == 1.0 and all(a > b for a, b in zip(scales, scales[1:])) and scales[-1] < 0.26
     assert rates and all(lr == 0.01 for lr in rates[0])
 
@@ -402,6 +402,37 @@ def test_resume_after_the_warm_up_does_not_repeat_it(tiny_model_dir, tmp_path):
     train(cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.warmup_steps=2", steps=2), out, resume=out,
           judge=FakeJudge(), log=lambda *a: None)
     assert [r["step"] for r in read_metrics(out)] == [0, 1, 2]  # one warm-up row, then the two self-play steps
+
+
+def test_the_warm_up_runs_at_its_own_peak_rate_and_a_resume_after_it_at_the_new_train_lr(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """train.sft.lr: the warm-up's steps scale to it, the RL steps keep train.lr; and a run resumed
+    after its warm-up with another --set train.lr runs its RL steps at that rate (the saved
+    optimizer state would otherwise keep the old one)."""
+    from selfredteam.rl.learner import Learner
+
+    sft_step, scales, rates = Learner.sft_step, [], []
+
+    def recorded(self, rows, lr_scale=1.0):
+        scales.append(lr_scale)
+        return sft_step(self, rows, lr_scale=lr_scale)
+
+    update = Learner.update
+
+    def rl_update(self, *a, **kw):
+        rates.append(self.optimizer.param_groups[0]["lr"])
+        return update(self, *a, **kw)
+
+    monkeypatch.setattr(Learner, "sft_step", recorded)
+    monkeypatch.setattr(Learner, "update", rl_update)
+    data, out = _chat_rows(tmp_path), tmp_path / "run"
+    warm = (f"train.sft.data={data}", "train.sft.warmup_steps=2", "train.sft.warmup_schedule=constant",
+            "train.sft.lr=0.02")
+    train(cfg_for(tiny_model_dir, *warm, "train.lr=0.01", steps=1), out, judge=FakeJudge(), log=lambda *a: None)
+    assert scales == [2.0, 2.0] and rates == [0.01]
+    train(cfg_for(tiny_model_dir, *warm, "train.lr=0.001", steps=2), out, resume=out / "checkpoints" / "step_0",
+          judge=FakeJudge(), log=lambda *a: None)
+    assert scales == [2.0, 2.0] and rates == [0.01, 0.001, 0.001]  # no second warm-up; the new rate
 
 
 def test_the_learner_gets_the_trunk_states_captured_while_sampling(tiny_model_dir, tmp_path, monkeypatch):
