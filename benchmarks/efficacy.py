@@ -1,7 +1,7 @@
-"""Is the trained defender safer, or only refusing more? Train the cpu-demo preset with several
+"""Is the trained defender safer, or only refusing more? Train a preset (cpu-demo by default) with several
 seeds, evaluate base and trained models on the shipped eval splits, print the table.
 
-For each seed: `selfredteam train --preset cpu-demo` (wall time and peak RSS measured), then
+For each seed: `selfredteam train --preset PRESET` (wall time and peak RSS measured), then
 `selfredteam eval --model RUN --baseline embedded` on the same prompts: refusal rates, refusal
 discrimination J = refusal(harmful) - refusal(benign) per benchmark family and its change ΔJ with
 a paired bootstrap interval, the change in over-refusal per benign split, ASR, the share of
@@ -55,13 +55,13 @@ def measured(cmd: list[str], record: Path) -> dict:
     return stats
 
 
-def train(run: Path, seed: int, sets: list[str], warm_start: Path | None = None) -> dict:
+def train(run: Path, seed: int, sets: list[str], warm_start: Path | None = None, preset: str = "cpu-demo") -> dict:
     """Train one seed (its wall time excludes a `warm_start`'s warm-up, which an earlier run paid)."""
     record = run / "efficacy_train.json"
     if record.is_file() and has_checkpoint(run):
         return json.loads(record.read_text())
     run.mkdir(parents=True, exist_ok=True)
-    cmd = cli("train", "--preset", "cpu-demo", "--out", str(run), "--set", f"run.seed={seed}", *sets)
+    cmd = cli("train", "--preset", preset, "--out", str(run), "--set", f"run.seed={seed}", *sets)
     if warm_start:
         cmd += ["--resume", str(warm_start / f"run{seed}" / "checkpoints" / "step_0")]
     return measured(cmd, record)
@@ -139,7 +139,7 @@ def _share(eval_dir: Path, key: str = "stock_phrase_share") -> float:
 
 
 def report(name: str, runs: dict[int, tuple[dict, dict]], base_out: Path, out: Path) -> str:
-    lines = [f"### {name}", "", f"{cpu_name()}; `selfredteam train --preset cpu-demo` + `eval --baseline embedded`; "
+    lines = [f"### {name}", "", f"{cpu_name()}; `selfredteam train` + `eval --baseline embedded`; "
              "95% intervals (J: Newcombe; changes: paired bootstrap over prompts).", ""]
     header = ["seed", "WJB-adv refusal harmful (base -> trained)", "WJB-adv refusal benign", "J base -> trained",
               "ΔJ WJB-adv", "ASR WJB-adv harmful", *(f"Δ over-refusal {n}" for *_, n in OVER_REFUSAL),
@@ -226,7 +226,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--out", type=Path, default=Path("runs/efficacy"))
-    ap.add_argument("--name", default="cpu-demo preset")
+    ap.add_argument("--preset", default="cpu-demo", help="the preset each seed trains (the --set overrides go on top)")
+    ap.add_argument("--name", help="the table's row name (default: the preset's)")
     ap.add_argument("--set", action="append", default=[], help="config override for train and eval (repeatable)")
     ap.add_argument("--per-subset", type=int, default=120, help="prompts per eval split (all when smaller)")
     ap.add_argument("--baseline-out", type=Path, help="where the base model's answers are kept (default OUT/base)")
@@ -247,12 +248,12 @@ def main() -> None:
     t0 = time.time()
     for seed in args.seeds:
         run = args.out / f"run{seed}"
-        tr = train(run, seed, sets, args.warm_start)
+        tr = train(run, seed, sets, args.warm_start, args.preset)
         print(f"seed {seed}: trained in {tr['wall_s'] / 60:.1f} min, peak RSS {tr['peak_rss_gib']:.2f} GiB", flush=True)
         if not args.train_only:
             runs[seed] = (tr, evaluate(run, base_out, sets, args.per_subset, SCREEN if args.screen else SPLITS))
     if runs:
-        text = report(args.name + (f" ({' '.join(args.set)})" if args.set else ""), runs, base_out, args.out)
+        text = report((args.name or f"{args.preset} preset") + (f" ({' '.join(args.set)})" if args.set else ""), runs, base_out, args.out)
         (args.out / "efficacy.md").write_text(text)
         print(text)
     print(f"total {(time.time() - t0) / 60:.1f} min")

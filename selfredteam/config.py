@@ -436,6 +436,35 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Issue 28's preset: the cpu-demo game on a pool with the boundary in it, after a supervised warm
+# start on the labelled contrastive set; ~30 min on 2 AVX-512-BF16 cores, <= 60 on AVX2. Each
+# number is a measured row of BENCHMARKS.md ("cpu-safety: self-play after the oracle's warm-up").
+PRESETS["cpu-safety"] = PRESETS["cpu-demo"] | {
+    # The defender's seeds: the vanilla ones, their jailbreak-style forms and the borderline
+    # harmful ones; its refusal term reads the seed's label, not the judge's label of the prompt.
+    "data.extra_seeds": "embedded:adversarial,embedded:borderline",
+    "game.refusal_label": "seed",
+    # The oracle's warm-up: 540 paired steps on the contrastive set, decision tokens weighted and
+    # trained as a decision, answers weighed 8x, the rate decaying from 5e-4 to 0.
+    "train.sft.data": "embedded:contrastive-adversarial",
+    "train.sft.warmup_steps": 540,
+    "train.sft.lr": 5e-4,
+    "train.sft.paired": True,
+    "train.sft.pair_by": "source",
+    "train.sft.decision_weight": 5.0,
+    "train.sft.decision_bce": 1.0,
+    "train.sft.answer_weight": 8.0,
+    # Self-play after it at a fifth of the warm-up's rate, decaying (at 5e-4 constant, 20 steps gave
+    # back half the warm-up's held-out gain), each defender turn's advantage whitened among the
+    # defender's turns on seeds of its class: in one batch with the attacker's turns, a refusal of
+    # a benign prompt (reward 1 against the batch's ~0.9) was not discouraged.
+    "train.lr": 1e-4,
+    "train.lr_schedule": "linear",
+    "train.advantage_norm": "role_class",
+    # The limit counts the self-play steps (the warm-up is checkpointed before them).
+    "train.time_limit_min": 30.0,
+}
+
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)

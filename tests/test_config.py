@@ -17,6 +17,21 @@ def test_paper_preset_matches_method():
     assert cfg.generation.defender_max_new_tokens == 2048 and cfg.generation.max_prompt_length == 2048
 
 
+def test_cpu_safety_is_the_cpu_demo_game_after_a_warm_start_on_shipped_rows():
+    """The preset changes only what its BENCHMARKS.md rows measured, and everything it reads ships
+    in the package (no network, no file a user must make)."""
+    from selfredteam.data import load_pool
+    from selfredteam.rl.sft import load_sft_rows
+
+    demo, safety = load_config("cpu-demo"), load_config("cpu-safety")
+    assert safety.model == demo.model and safety.judge == demo.judge and safety.generation == demo.generation
+    assert safety.train.steps == demo.train.steps and safety.train.rollout_batch_size == demo.train.rollout_batch_size
+    assert safety.game.refusal_label == "seed" and safety.train.lr < safety.train.sft.lr
+    assert len(load_pool(safety.data)) == 810 + 560 + 255
+    rows = load_sft_rows(safety.train.sft.data)
+    assert {r.label for r in rows} == {"harmful", "benign"} and safety.train.sft.warmup_steps > len(rows)
+
+
 def test_overrides_parse_types():
     cfg = load_config("cpu-demo", overrides=["game.reward_mode=zero_sum", "game.cot=false", "train.lr=3e-6",
                                              "data.harmful_values=yes,harm"])

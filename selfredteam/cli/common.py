@@ -30,7 +30,7 @@ console = Console(stderr=True)
 # Tables go to stdout; when piped (CI logs, files) rich would squeeze them to 80 columns.
 out_console = Console(width=None if sys.stdout.isatty() else 140)
 
-PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="cpu-demo | single-gpu | paper-8b")]
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="cpu-demo | cpu-safety | single-gpu | paper-8b")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of overrides.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
