@@ -437,7 +437,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Issue 28's preset: the cpu-demo game on a pool with the boundary in it, after a supervised warm
-# start on the labelled contrastive set; ~30 min on 2 AVX-512-BF16 cores, <= 60 on AVX2. Each
+# start on the labelled contrastive set; 19 min of training on 2 AVX-512-BF16 cores. Each
 # number is a measured row of BENCHMARKS.md ("cpu-safety: self-play after the oracle's warm-up").
 PRESETS["cpu-safety"] = PRESETS["cpu-demo"] | {
     # The defender's seeds: the vanilla ones, their jailbreak-style forms and the borderline

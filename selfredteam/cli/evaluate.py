@@ -198,7 +198,7 @@ def probe(
     model: Annotated[str, typer.Option(help="embedded | HF id/dir | a `train` run or checkpoint dir (needs local weights).")] = "embedded",
     splits: Annotated[str, typer.Option(help="Comma-separated: wjb-adversarial, wjb-vanilla, or-toxic-hard, xstest.")] = "wjb-adversarial,or-toxic-hard",
     layers: Annotated[str | None, typer.Option(help="Comma-separated layer indices (0 = embeddings); default: a quarter, half, three quarters and all of the depth.")] = None,
-    fit: Annotated[list[str] | None, typer.Option(help="A labelled set to fit a transferred probe on (repeatable): seed sources joined by `+` (`embedded`, `embedded:adversarial`, `embedded:borderline`, a file), or `none`. Default: the config's training pool (data.seeds + data.extra_seeds).")] = None,
+    fit: Annotated[list[str] | None, typer.Option(help="A labelled set to fit a transferred probe on (repeatable): seed sources joined by `+` (`embedded`, `embedded:adversarial`, `embedded:borderline`, a file), or `none`. Default: the training pool (data.seeds + data.extra_seeds) of the --model run, else of the config.")] = None,
     fit_per_class: Annotated[int | None, typer.Option(help="At most this many harmful and this many benign prompts of each fit set (seeded sample).")] = None,
     per_class: Annotated[int | None, typer.Option(help="At most this many harmful and this many benign prompts per split (seeded sample).")] = None,
     folds: int = 5,
@@ -224,12 +224,12 @@ def probe(
     )
     from selfredteam.eval.run import answer_prompts
     from selfredteam.game.play import sampling_params
-    from selfredteam.policy.spec import policy_from_spec
+    from selfredteam.policy.spec import policy_from_spec, run_training_pool
 
     cfg = config_from(preset, config, set_)
     split_names = [x.strip() for x in splits.split(",") if x.strip()]
     fits = {}
-    for name in fit or ["+".join([cfg.data.seeds, *cfg.data.extra_seeds])]:
+    for name in fit or [run_training_pool(model) or "+".join([cfg.data.seeds, *cfg.data.extra_seeds])]:
         if name == "none":
             continue
         seeds = [s for spec in name.split("+") for s in load_pool(cfg.data, spec.strip())]

@@ -22,6 +22,23 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and ((path / "checkpoints").is_dir() or (path / "state.json").is_file())
 
 
+def run_training_pool(spec: str) -> str | None:
+    """The seed pool a `train` run dir (or one of its checkpoints) trained on, as `probe --fit`
+    spells it (data.seeds and data.extra_seeds joined by `+`), read from the run's config.yaml;
+    None for any other model. Why: the probe's transferred boundary is the one this model was
+    taught, not the one the command's preset would teach."""
+    import yaml
+
+    path = Path(spec)
+    if not is_run_dir(path):
+        return None
+    for run in (path, path.parent.parent):  # the run dir, or RUN/checkpoints/step_N
+        if (run / "config.yaml").is_file():
+            data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data", {})
+            return "+".join([data.get("seeds", "embedded"), *(data.get("extra_seeds") or [])])
+    return None
+
+
 def eval_model_config(spec: str, cfg: Any) -> Any:
     """The ModelConfig that `spec` stands for (a run dir keeps the command's dtype and device)."""
     if spec.startswith("openai:"):

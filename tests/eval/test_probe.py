@@ -159,3 +159,19 @@ def test_sample_per_class_is_seeded_and_capped():
     a = sample_per_class(items, 4, "k", lambda x: x[1])
     assert sum(x[1] for x in a) == 4 and len(a) == 8 and a == sample_per_class(items, 4, "k", lambda x: x[1])
     assert len(sample_per_class(items, None, "k", lambda x: x[1])) == 30
+
+
+def test_the_probe_fits_a_run_on_the_pool_it_trained_on(tmp_path):
+    """`probe --model RUN` without --fit: the transferred probe is fitted on the run's own pool
+    (its saved config), not on the command's preset's (cpu-demo has no boundary pools)."""
+    from selfredteam.config import load_config, save_config
+    from selfredteam.policy.spec import run_training_pool
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "step_3"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    save_config(load_config("cpu-safety"), run)
+    pool = "embedded+embedded:adversarial+embedded:borderline"
+    assert run_training_pool(str(run)) == pool and run_training_pool(str(ckpt)) == pool
+    assert run_training_pool("embedded") is None and run_training_pool(str(tmp_path)) is None

@@ -363,34 +363,41 @@ def test_ctrl_c_in_the_sft_warm_up_saves_it_and_resume_finishes_it_the_same(tiny
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-@pytest.mark.parametrize("schedule", ["linear", "cosine"])
-def test_a_decaying_warm_up_schedule_lowers_the_rate_step_by_step_and_resumes_where_it_stopped(
-        schedule, tiny_model_dir, tmp_path, monkeypatch):
-    """train.sft.warmup_schedule: each warm-up step's rate follows the schedule from where the run
-    is (a resume carries on down the same curve), and the RL steps after it get train.lr back."""
-    from selfredteam.rl.learner import Learner, lr_decay_scale
+def _record_rates(monkeypatch) -> tuple[list[float], list[float]]:
+    """Lists that fill as a run trains: each SFT warm-up step's lr_scale, and the rate of each RL
+    update (the optimizer's one parameter group)."""
+    from selfredteam.rl.learner import Learner
 
-    sft_step, scales, rates = Learner.sft_step, [], []
+    sft_step, update, scales, rates = Learner.sft_step, Learner.update, [], []
 
     def recorded(self, rows, lr_scale=1.0):
         scales.append(lr_scale)
         return sft_step(self, rows, lr_scale=lr_scale)
 
-    update = Learner.update
-
     def rl_update(self, *a, **kw):
-        rates.append([g["lr"] for g in self.optimizer.param_groups])
+        rates.append(self.optimizer.param_groups[0]["lr"])
         return update(self, *a, **kw)
 
     monkeypatch.setattr(Learner, "sft_step", recorded)
     monkeypatch.setattr(Learner, "update", rl_update)
+    return scales, rates
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_decaying_warm_up_schedule_lowers_the_rate_step_by_step_and_resumes_where_it_stopped(
+        schedule, tiny_model_dir, tmp_path, monkeypatch):
+    """train.sft.warmup_schedule: each warm-up step's rate follows the schedule from where the run
+    is (a resume carries on down the same curve), and the RL steps after it get train.lr back."""
+    from selfredteam.rl.learner import lr_decay_scale
+
+    scales, rates = _record_rates(monkeypatch)
     data = _chat_rows(tmp_path)
     cfg = cfg_for(tiny_model_dir, f"train.sft.data={data}", "train.sft.warmup_steps=4",
                   f"train.sft.warmup_schedule={schedule}", "train.lr=0.01", steps=1)
     train(cfg, tmp_path / "run", judge=FakeJudge(), log=lambda *a: None)
     assert scales == [lr_decay_scale(schedule, i, 4) for i in range(4)]
     assert scales[0] == 1.0 and all(a > b for a, b in zip(scales, scales[1:])) and scales[-1] < 0.26
-    assert rates and all(lr == 0.01 for lr in rates[0])
+    assert rates == [0.01]
 
 
 def test_resume_after_the_warm_up_does_not_repeat_it(tiny_model_dir, tmp_path):
@@ -409,22 +416,7 @@ def test_the_warm_up_runs_at_its_own_peak_rate_and_a_resume_after_it_at_the_new_
     """train.sft.lr: the warm-up's steps scale to it, the RL steps keep train.lr; and a run resumed
     after its warm-up with another --set train.lr runs its RL steps at that rate (the saved
     optimizer state would otherwise keep the old one)."""
-    from selfredteam.rl.learner import Learner
-
-    sft_step, scales, rates = Learner.sft_step, [], []
-
-    def recorded(self, rows, lr_scale=1.0):
-        scales.append(lr_scale)
-        return sft_step(self, rows, lr_scale=lr_scale)
-
-    update = Learner.update
-
-    def rl_update(self, *a, **kw):
-        rates.append(self.optimizer.param_groups[0]["lr"])
-        return update(self, *a, **kw)
-
-    monkeypatch.setattr(Learner, "sft_step", recorded)
-    monkeypatch.setattr(Learner, "update", rl_update)
+    scales, rates = _record_rates(monkeypatch)
     data, out = _chat_rows(tmp_path), tmp_path / "run"
     warm = (f"train.sft.data={data}", "train.sft.warmup_steps=2", "train.sft.warmup_schedule=constant",
             "train.sft.lr=0.02")
