@@ -417,6 +417,7 @@ class Learner:
         if self.skipped_steps > skipped:  # the skipped steps' losses are not finite: they say nothing
             stats = {k: [x for x in v if math.isfinite(x)] for k, v in stats.items()}
             stats["loss/skipped_steps"] = [float(self.skipped_steps - skipped)]
+        stats["lr"] = [self.optimizer.param_groups[0]["lr"]]  # the rate this update ran at, not the next one's
         self.scheduler.step()
         self.policy.model.eval()
         return self._summary(stats, targets, samples, sft_coef if sft else 0.0, timings)
@@ -533,7 +534,6 @@ class Learner:
         out = {k: max(v) if k.endswith("_max") else sum(v) / len(v) for k, v in stats.items() if v}
         out["kl/mean"] = float(masked_mean(kl_penalty(targets.old, targets.ref, "k1"), targets.mask))
         out["kl/k3_mean"] = float(masked_mean(kl_penalty(targets.old, targets.ref, "k3"), targets.mask))
-        out["lr"] = self.scheduler.get_last_lr()[0]
         out["samples"] = len(samples)
         if sft_coef > 0:
             out["loss/sft_coef"] = sft_coef

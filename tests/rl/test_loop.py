@@ -425,6 +425,7 @@ def test_the_warm_up_runs_at_its_own_peak_rate_and_a_resume_after_it_at_the_new_
     train(cfg_for(tiny_model_dir, *warm, "train.lr=0.001", steps=2), out, resume=out / "checkpoints" / "step_0",
           judge=FakeJudge(), log=lambda *a: None)
     assert scales == [2.0, 2.0] and rates == [0.01, 0.001, 0.001]  # no second warm-up; the new rate
+    assert [r["lr"] for r in read_metrics(out) if r["step"]] == [0.001, 0.001]  # logged: the rate each step ran at
 
 
 def test_the_learner_gets_the_trunk_states_captured_while_sampling(tiny_model_dir, tmp_path, monkeypatch):
