@@ -457,7 +457,7 @@ PRESETS["cpu-safety"] = PRESETS["cpu-demo"] | {
     # Self-play after it at a fifth of the warm-up's rate, decaying (at 5e-4 constant, 20 steps gave
     # back half the warm-up's held-out gain), each defender turn's advantage whitened among the
     # defender's turns on seeds of its class: in one batch with the attacker's turns, a refusal of
-    # a benign prompt (reward 1 against the batch's ~0.9) was not discouraged.
+    # a benign prompt (reward 1 against the batch's mean of ~1.4) was barely discouraged.
     "train.lr": 1e-4,
     "train.lr_schedule": "linear",
     "train.advantage_norm": "role_class",

@@ -24,19 +24,13 @@ def is_run_dir(path: Path) -> bool:
 
 def run_training_pool(spec: str) -> str | None:
     """The seed pool a `train` run dir (or one of its checkpoints) trained on, as `probe --fit`
-    spells it (data.seeds and data.extra_seeds joined by `+`), read from the run's config.yaml;
-    None for any other model. Why: the probe's transferred boundary is the one this model was
-    taught, not the one the command's preset would teach."""
-    import yaml
-
-    path = Path(spec)
-    if not is_run_dir(path):
+    spells it (data.seeds and data.extra_seeds joined by `+`), read from the config its checkpoint
+    saved; None for any other model. Why: the probe's transferred boundary is the one this model
+    was taught, not the one the command's preset would teach."""
+    if not is_run_dir(Path(spec)):
         return None
-    for run in (path, path.parent.parent):  # the run dir, or RUN/checkpoints/step_N
-        if (run / "config.yaml").is_file():
-            data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data", {})
-            return "+".join([data.get("seeds", "embedded"), *(data.get("extra_seeds") or [])])
-    return None
+    data = read_state(find_checkpoint(Path(spec)))["config"]["data"]
+    return "+".join([data["seeds"], *data["extra_seeds"]])
 
 
 def eval_model_config(spec: str, cfg: Any) -> Any:

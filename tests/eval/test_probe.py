@@ -164,14 +164,15 @@ def test_sample_per_class_is_seeded_and_capped():
 def test_the_probe_fits_a_run_on_the_pool_it_trained_on(tmp_path):
     """`probe --model RUN` without --fit: the transferred probe is fitted on the run's own pool
     (its saved config), not on the command's preset's (cpu-demo has no boundary pools)."""
-    from selfredteam.config import load_config, save_config
+    import json
+
+    from selfredteam.config import load_config, to_dict
     from selfredteam.policy.spec import run_training_pool
 
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "step_3"
     ckpt.mkdir(parents=True)
-    (ckpt / "state.json").write_text("{}")
-    save_config(load_config("cpu-safety"), run)
+    (ckpt / "state.json").write_text(json.dumps({"step": 3, "config": to_dict(load_config("cpu-safety"))}))
     pool = "embedded+embedded:adversarial+embedded:borderline"
     assert run_training_pool(str(run)) == pool and run_training_pool(str(ckpt)) == pool
     assert run_training_pool("embedded") is None and run_training_pool(str(tmp_path)) is None
