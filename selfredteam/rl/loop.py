@@ -190,6 +190,16 @@ class Run:
                         {"config": to_dict(self.cfg), "sft_warmup_done": self.warmed},
                         self.is_main, self.extensions.state_dict())
 
+    def close(self, together: bool = True) -> None:
+        """Close the trackers; in a launched run that every process reaches (`together`), wait for
+        the others, then leave the process group. A process that exits with gloo's threads still
+        running can abort ("terminate called without an active exception"), failing a run that had
+        finished and saved."""
+        self.tracker.close()
+        if together and self.learner.acc is not None:
+            self.learner.acc.wait_for_everyone()
+            self.learner.acc.end_training()
+
     def any_process(self, flag: bool) -> bool:
         """`flag` on any process (itself in one process): all processes stop at the same step."""
         return bool(self.learner.max_over_processes(int(flag)))
@@ -214,11 +224,11 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
             run.save(0)  # minutes of SFT are not paid twice: a resume starts after them (or where Ctrl-C stopped them)
             if stop.requested:
                 log(f"Stopped after {run.warmed} of {t.sft.warmup_steps} SFT warm-up steps; resume with --resume {out}.")
-                run.tracker.close()
+                run.close()
                 return warm | {"run/stop_reason": "signal"}
             run.tracker.log(0, warm)
             if t.steps == 0:  # supervised only (the oracle row of an ablation): keep what it learned
-                run.tracker.close()
+                run.close()
                 return warm | {"run/stop_reason": "done"}
         started = time.perf_counter()
         for step in range(run.start, t.steps):
@@ -239,7 +249,7 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
                 log(f"Stopped at step {step + 1}; resume with --resume {out}.")
                 stop_reason = "signal" if step + 1 < t.steps else "done"
                 break
-    run.tracker.close()
+    run.close()
     return last | {"run/stop_reason": stop_reason}
 
 
@@ -362,7 +372,7 @@ def _play(run: Run, step: int) -> tuple[list[GameRecord], dict[str, int]]:
         run.rng.setstate(rng_before)
         torch.set_rng_state(torch_rng_before)
         run.save(step)
-        run.tracker.close()
+        run.close()
         why = down or "An endpoint failed on another process."
         raise EndpointError(f"{why} Saved a checkpoint after {step} completed steps; fix the "
                             f"endpoint and continue with --resume {run.out}.") from None
@@ -381,7 +391,7 @@ def _learn(run: Run, step: int, samples: list[Sample]) -> dict[str, Any]:
             _sync_adapter(run.rollout, run.trainable, run.out, step + 1, run.is_main, run.learner)
         except EndpointError as e:
             run.save(step + 1)
-            run.tracker.close()
+            run.close(together=False)  # the main process alone: the others wait at the sync's barrier
             raise EndpointError(f"{e} Saved a checkpoint after {step + 1} steps; continue with --resume {run.out}.") from None
     return stats
 
@@ -453,7 +463,7 @@ def _stops_with_a_checkpoint(run: Run) -> Iterator[None]:
         yield
     except TrainingDiverged as e:
         run.save(run.done)
-        run.tracker.close()
+        run.close()
         raise TrainingDiverged(f"{e} Saved a checkpoint after {run.done} completed steps ({run.warmed} SFT warm-up "
                                f"steps); continue with --resume {run.out}.") from None
 

@@ -17,4 +17,4 @@ cfg = TrainConfig(lr=1e-2, train_batch_size=4 // world, micro_batch_size=1, kl_c
 Learner(policy, cfg, acc).update(samples()[rank::world])
 if rank == 0:
     save_file({k: v.contiguous() for k, v in lora_state(policy).items()}, sys.argv[1])
-acc.wait_for_everyone()
+acc.end_training()  # waits are not enough: leave the gloo group before exit, or a process can abort

@@ -35,4 +35,4 @@ if rank == 0:
 weights = policy.weights_for_save()  # gathered: every process takes part
 if rank == 0:
     save_file({k: v.contiguous() for k, v in weights.items()}, out)
-acc.wait_for_everyone()
+acc.end_training()  # waits are not enough: leave the gloo group before exit, or a process can abort
