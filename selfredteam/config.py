@@ -124,6 +124,12 @@ class GameConfig:
     and for a harmful seed the same as an attack that gets refused; with shared weights the
     defender's learned refusals reach the attacker role (how often: BENCHMARKS.md "Why config.py
     says what it says")."""
+    echo_loses: bool = False
+    """A defender answer that mostly restates its prompt (game.answers.echoes: the eval's echo
+    share) and that the judge calls a compliance is scored as a refusal on a benign prompt: it
+    helps with nothing. (On a harmful prompt it is already the wrong decision.) Off = the paper. Why: a judge scores a one-sentence restatement as a harmless compliance, so
+    the table pays it the same as a real answer on a benign prompt, and on a CPU budget, where a
+    long answer risks the cut-off term, the defender learns to restate (BENCHMARKS.md, cpu-safety)."""
 
 
 @dataclass

@@ -31,7 +31,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from selfredteam.eval.metrics import answer_key, echoes, is_non_answer, top_share
+from selfredteam.eval.metrics import answer_key, top_share
+from selfredteam.game.answers import echoes, is_non_answer
 from selfredteam.game.play import GameRecord
 
 WINDOW = 3

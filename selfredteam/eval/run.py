@@ -18,7 +18,8 @@ from typing import Any
 
 from selfredteam.errors import UserError
 from selfredteam.eval.benchmarks import EvalPrompt
-from selfredteam.eval.metrics import echoes, is_non_answer, top_share, wilson
+from selfredteam.eval.metrics import top_share, wilson
+from selfredteam.game.answers import echoes, is_non_answer
 from selfredteam.game.cot import parse_cot, parse_direct
 from selfredteam.game.prompts import defender_turn
 from selfredteam.judges.base import Judge

@@ -18,6 +18,7 @@ from typing import Any
 
 from selfredteam.config import GameConfig
 from selfredteam.data import Seed
+from selfredteam.game.answers import echoes
 from selfredteam.game.cot import ANSWER_CLOSE, CotParse, answer_cut_off, parse_cot, parse_direct
 from selfredteam.game.prompts import attacker_turn, defender_turn
 from selfredteam.game.rewards import Labels, compute_rewards
@@ -205,6 +206,7 @@ def play_games(
                 cut_off_reward=rules.cut_off_format_reward,
                 refused_revision=bool(att and rules.refused_revision_loses and pattern_refusal(att.answer)),
                 refusal_label=rules.refusal_label,
+                echoed=rules.echo_loses and echoes(dfd.answer, [prompts[i]]),
             )
             rewards, outcomes = {"attacker": r.attacker, "defender": r.defender}, r.outcomes
         games.append(GameRecord(

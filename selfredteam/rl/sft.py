@@ -301,7 +301,7 @@ def contrastive_distill(seeds: list[Seed], policy: Policy, judge: Judge, params:
     are sampled again. (A reply restating its request is one the judge passes as a harmless answer
     with no help in it; 44 of the 213 answers of `embedded:contrastive-adversarial`'s first build
     did, and a loss weighing answers 4x taught the restatement: issue 28.)"""
-    from selfredteam.eval.metrics import echoes
+    from selfredteam.game.answers import echoes
     from selfredteam.game.cot import parse_direct
     from selfredteam.game.prompts import instruction_texts, labelled_turn, repeats_hint
 
@@ -399,11 +399,11 @@ def add_thoughts(rows: list[dict[str, Any]], policy: Policy, params: SamplingPar
     CPU demo). A thought written per request leaves no single sentence to echo, and it names what
     the request asks for before the reply decides (the paper post-fills model-written thoughts).
     A thought is usable as its first whole sentence, without CoT tags, of 4 to MAX_THOUGHT_WORDS
-    words, not an echo of the instructions (eval.metrics.echoes) and not itself a refusal phrase
+    words, not an echo of the instructions (game.answers.echoes) and not itself a refusal phrase
     (a first set had 8 in 78, "I'm sorry, but I can't assist with that."; the CPU demo trained on it
     refused inside its thought and then wrote no answer); rows without one are asked again, up to
     `tries` samples in all, then keep the neutral thought (counted)."""
-    from selfredteam.eval.metrics import echoes
+    from selfredteam.game.answers import echoes
     from selfredteam.game.prompts import instruction_texts, thought_turn
     from selfredteam.judges.refusal import pattern_refusal
 

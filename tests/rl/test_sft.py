@@ -204,7 +204,7 @@ def test_shipped_contrastive_set_has_both_labels_and_no_eval_prompt(spec):
     from selfredteam.game.prompts import repeats_hint
     assert not any(repeats_hint(r.response) for r in rows)
     if spec == "embedded:contrastive-adversarial":  # built after the builder learnt to refuse restatements
-        from selfredteam.eval.metrics import echoes
+        from selfredteam.game.answers import echoes
         assert not any(echoes(r.response, [r.prompt]) for r in rows)
     asked = {p.prompt.strip() for b in ("xstest", "wildjailbreak", "or_bench_hard", "or_bench_toxic")
              for p in load_benchmark(b) if not p.subset.endswith("_vanilla")}
