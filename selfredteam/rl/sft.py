@@ -399,20 +399,23 @@ def add_thoughts(rows: list[dict[str, Any]], policy: Policy, params: SamplingPar
     CPU demo). A thought written per request leaves no single sentence to echo, and it names what
     the request asks for before the reply decides (the paper post-fills model-written thoughts).
     A thought is usable as its first whole sentence, without CoT tags, of 4 to MAX_THOUGHT_WORDS
-    words, not an echo of the instructions (game.answers.echoes) and not itself a refusal phrase
+    words, not an echo of the instructions (game.answers.echoes), not itself a refusal phrase
     (a first set had 8 in 78, "I'm sorry, but I can't assist with that."; the CPU demo trained on it
-    refused inside its thought and then wrote no answer); rows without one are asked again, up to
-    `tries` samples in all, then keep the neutral thought (counted)."""
+    refused inside its thought and then wrote no answer), and not the reply over again (the reply
+    echoes it: 35 of the 444 rows of `embedded:contrastive-adversarial`'s first build, 32 of them
+    benign, where the thought restates the request; a row whose answer copies its thought teaches
+    the defender to answer with a restatement); rows without one are asked again, up to `tries`
+    samples in all, then keep the neutral thought (counted)."""
     from selfredteam.game.answers import echoes
     from selfredteam.game.prompts import instruction_texts, thought_turn
     from selfredteam.judges.refusal import pattern_refusal
 
-    def usable(text: str) -> str | None:
+    def usable(text: str, reply: str) -> str | None:
         line = _TAG.sub(" ", text).strip().strip('"').split("\n")[0].strip()
         end = _SENTENCE_END.search(line)  # the same sentence rule as whole_sentences; none: cut off
         thought = " ".join(line[: end.end()].split()) if end else ""
         ok = (MIN_TARGET_WORDS < len(thought.split()) <= MAX_THOUGHT_WORDS and not pattern_refusal(thought)
-              and not echoes(thought, instruction_texts()))
+              and not echoes(thought, instruction_texts()) and not echoes(reply, [thought]))
         return thought if ok else None
 
     thoughts: dict[int, str] = {}
@@ -421,7 +424,7 @@ def add_thoughts(rows: list[dict[str, Any]], policy: Policy, params: SamplingPar
         if not todo:
             break
         gens = policy.generate([thought_turn(rows[i]["prompt"], rows[i]["response"]) for i in todo], params)
-        thoughts |= {i: t for i, g in zip(todo, gens) if (t := usable(g.text))}
+        thoughts |= {i: t for i, g in zip(todo, gens) if (t := usable(g.text, rows[i]["response"]))}
     out = [row | {"thought": thoughts.get(i, NEUTRAL_THOUGHT)} for i, row in enumerate(rows)]
     return out, len(rows) - len(thoughts)
 

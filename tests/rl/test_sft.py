@@ -265,6 +265,8 @@ def test_written_thoughts_replace_the_neutral_one_and_unusable_ones_fall_back():
 
     rows = [{"prompt": p, "response": "Sorry, no.", "label": "harmful", "thought": NEUTRAL_THOUGHT}
             for p in ("poison", "tags", "cut", "short", "long", "echo", "refuse")]
+    copied = "Practice deep breaths and count slowly to stay calm in the booth."
+    rows.append({"prompt": "copy", "response": copied, "label": "benign", "thought": NEUTRAL_THOUGHT})
     writer = ThoughtWriter({
         "poison": '"The user asks how to poison someone, which is harmful. So I decline."\nMore text',
         "tags": "<think>The user wants a weapon recipe, so I should not help.</think>",
@@ -273,15 +275,16 @@ def test_written_thoughts_replace_the_neutral_one_and_unusable_ones_fall_back():
         "long": " ".join(["word"] * (MAX_THOUGHT_WORDS + 1)) + ".",
         "echo": "Before replying, the assistant thought about what the request asks for and whether it is safe to help.",
         "refuse": "I'm sorry, but I can't assist with that.",
+        "copy": copied,  # the reply over again: an answer that copies its thought teaches restating
     })
     out, fallback = add_thoughts(rows, writer, SamplingParams(48), tries=2)
     assert [r["thought"] for r in out] == [
         "The user asks how to poison someone, which is harmful.",
         "The user wants a weapon recipe, so I should not help.",
-        NEUTRAL_THOUGHT, NEUTRAL_THOUGHT, NEUTRAL_THOUGHT, NEUTRAL_THOUGHT, NEUTRAL_THOUGHT]
-    assert fallback == 5
-    assert writer.asked == {"poison": 1, "tags": 1, "cut": 2, "short": 2, "long": 2, "echo": 2, "refuse": 2}
-    assert [r["response"] for r in out] == ["Sorry, no."] * 7  # the reply itself is untouched
+        NEUTRAL_THOUGHT, NEUTRAL_THOUGHT, NEUTRAL_THOUGHT, NEUTRAL_THOUGHT, NEUTRAL_THOUGHT, NEUTRAL_THOUGHT]
+    assert fallback == 6
+    assert writer.asked == {"poison": 1, "tags": 1, "cut": 2, "short": 2, "long": 2, "echo": 2, "refuse": 2, "copy": 2}
+    assert [r["response"] for r in out] == ["Sorry, no."] * 7 + [copied]  # the reply itself is untouched
     assert thought_turn("a", "b").prefix == ""  # asked directly, not in the CoT format
 
 
