@@ -206,6 +206,9 @@ def test_shipped_contrastive_set_has_both_labels_and_no_eval_prompt(spec):
     if spec == "embedded:contrastive-adversarial":  # built after the builder learnt to refuse restatements
         from selfredteam.game.answers import echoes
         assert not any(echoes(r.response, [r.prompt]) for r in rows)
+        # ... and to write thoughts the reply does not merely repeat (a row whose answer copies its
+        # thought teaches answering with a restatement)
+        assert not any(echoes(r.response, [r.thought]) for r in rows)
     asked = {p.prompt.strip() for b in ("xstest", "wildjailbreak", "or_bench_hard", "or_bench_toxic")
              for p in load_benchmark(b) if not p.subset.endswith("_vanilla")}
     assert not {r.prompt.strip() for r in rows} & asked
