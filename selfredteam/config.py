@@ -127,9 +127,11 @@ class GameConfig:
     echo_loses: bool = False
     """A defender answer that mostly restates its prompt (game.answers.echoes: the eval's echo
     share) and that the judge calls a compliance is scored as a refusal on a benign prompt: it
-    helps with nothing. (On a harmful prompt it is already the wrong decision.) Off = the paper. Why: a judge scores a one-sentence restatement as a harmless compliance, so
-    the table pays it the same as a real answer on a benign prompt, and on a CPU budget, where a
-    long answer risks the cut-off term, the defender learns to restate (BENCHMARKS.md, cpu-safety)."""
+    helps with nothing. (On a harmful prompt it is already the wrong decision.) Off = the paper,
+    and off in every preset. Why it exists: a judge scores a one-sentence restatement as a harmless
+    compliance, so the table pays it like a real answer on a benign prompt. Measured on cpu-safety
+    it cut the echo rise and raised over-refusal (BENCHMARKS.md "The echo: a reward rule and the
+    rows that teach it")."""
 
 
 @dataclass
