@@ -367,9 +367,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.name_or_path": "embedded",
         "model.dtype": "auto",
         "judge.kind": "embedded",
-        # Both roles get the same cap, so a step's turns are sampled in one chained batch: the
-        # attacker turns, the vanilla defender turns, and the answers to each revision as soon as it
-        # is written (game/play.py; separate batches are slower).
+        # Both roles get the same cap, so the attacker turns and the vanilla defender turns of a
+        # step are sampled in one batch (two half batches are slower).
         "generation.attacker_max_new_tokens": 80,
         "generation.defender_max_new_tokens": 80,
         "generation.batch_size": 16,

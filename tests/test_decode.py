@@ -112,34 +112,3 @@ def test_a_trained_bottom_layer_keeps_nothing():
     assert not cache.entries
     for row, prompt in zip(rows, PROMPTS):
         assert row.ids == alone(policy.model, prompt, 6)[0]
-
-
-@pytest.mark.parametrize("max_rows", [0, 2])
-def test_rows_that_join_as_others_end_get_what_they_get_alone(max_rows):
-    """`then`: a prompt built from a finished row's tokens joins the batch while the others are still
-    being written (or waits for room, `max_rows`), on top of kept prefixes with the adapter live;
-    every row's tokens, log-probs and trunk states equal its prompt run alone."""
-    policy = lora_policy(0, "shared", frozen_layers=1)
-    model, trunk = policy.model, policy.trunk_layer()
-    steps = 6
-    eos = {alone(model, PROMPTS[1], steps)[0][2]}  # the second row ends early: its follower joins mid-way
-    asked = []
-
-    def then(i, row):
-        asked.append(i)
-        return [TEMPLATE + row.ids[:2] + [30 + i]] if i < len(PROMPTS) else []
-
-    with policy.role("defender"):
-        rows = decode(model, PROMPTS, max_new_tokens=steps, temperature=0.0, top_p=1.0, pad_id=0, eos_ids=eos,
-                      capture=trunk, prefixes=PrefixCache(), then=then, max_rows=max_rows)
-        assert [r.parent for r in rows[len(PROMPTS):]] == asked[: len(rows) - len(PROMPTS)]
-        assert sorted(r.parent for r in rows) == [-1] * len(PROMPTS) + list(range(len(PROMPTS)))
-        assert asked[0] == 1 and len(asked) == len(rows)
-        for row in rows:
-            ids, logps, states = alone(model, row.prompt, steps)
-            n = next((k + 1 for k, t in enumerate(ids) if t in eos), steps)
-            assert row.ids == ids[:n]
-            torch.testing.assert_close(torch.tensor(row.logprobs), torch.tensor(logps[:n]), atol=1e-5, rtol=0)
-            kept = torch.cat(row.states)
-            torch.testing.assert_close(kept, states[: len(kept)], atol=1e-5, rtol=1e-5)
-            assert kept.shape[0] == len(row.prompt) + n - 1

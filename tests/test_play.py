@@ -4,7 +4,7 @@ from selfredteam.config import GameConfig
 from selfredteam.data import Seed
 from selfredteam.game.play import PARSE_ERROR_OUTCOME, mark_revisions, play_games, summarize_games
 from selfredteam.game.rewards import Labels, compute_rewards
-from selfredteam.policy.base import Generation, SamplingParams
+from selfredteam.policy.base import SamplingParams
 from tests.fakes import FakeJudge, FakePolicy
 
 SEEDS = [Seed(f"harm {i}", "harmful") for i in range(4)] + [Seed(f"ok {i}", "benign") for i in range(4)]
@@ -162,56 +162,3 @@ def test_an_echoed_answer_to_a_benign_prompt_loses_only_when_the_rule_is_on():
                        defender_params=P, rng=random.Random(0))
     assert [g.rewards["defender"] for g in paper] == [3.0, 3.0]
     assert [g.rewards["defender"] for g in games] == [1.0 if g.seed == echo else 3.0 for g in games]
-
-
-class EchoingPolicy(FakePolicy):
-    """Test double: a revision names its seed and an answer names the prompt it was given, so a
-    game's turns show which turn each one followed."""
-
-    def __init__(self) -> None:
-        super().__init__("", "")
-
-    def generate(self, turns, params):
-        self.calls.append(turns)
-        out = []
-        for t in turns:
-            text = t.messages[-1]["content"]
-            if "red-teaming" in t.messages[0]["content"]:
-                seed = next(s.prompt for s in SEEDS if s.prompt in text)
-                out.append(Generation(f"plan </think><answer>REVISED {seed}</answer>", [1], [2]))
-            else:
-                asked = next(s for s in [f"REVISED {x.prompt}" for x in SEEDS] + [x.prompt for x in SEEDS] if s in text)
-                out.append(Generation(f"hmm </think><answer>TO {asked}</answer>", [1], [2]))
-        return out
-
-
-class ChainingPolicy(EchoingPolicy):
-    """Test double of a backend that starts each follow-up as soon as its turn is done."""
-
-    def generate_chained(self, turns, params, follow_up):
-        firsts = self.generate(turns, params)
-        follows = []
-        for i, g in enumerate(firsts):
-            asked = follow_up(i, g)
-            follows.append(self.generate(asked, params) if asked else [])
-        return firsts, follows
-
-
-def test_a_chaining_backend_plays_the_same_games():
-    """With shared weights and one set of sampling params the defender's answers to each revision
-    are asked for as its attacker turn ends (`generate_chained`); the games are those of two calls."""
-    plain, chaining = EchoingPolicy(), ChainingPolicy()
-    a, b = play(plain, FakeJudge(), k=2), play(chaining, FakeJudge(), k=2)
-    assert [g.to_dict() for g in a] == [g.to_dict() for g in b]
-    assert [len(c) for c in plain.calls] == [4 + 4 * 2, 4 * 2]
-    assert [len(c) for c in chaining.calls] == [4 + 4 * 2] + [2] * 4  # one follow-up call per revision
-    for g in b:
-        assert g.defender.answer == f"TO {'REVISED ' if g.revised else ''}{g.seed}"
-
-
-def test_different_sampling_params_per_role_are_not_chained():
-    policy = ChainingPolicy()
-    rules = GameConfig(cot=True, revise_fraction=0.5)
-    play_games(SEEDS, policy, FakeJudge(), rules=rules, attacker_params=P, defender_params=SamplingParams(16),
-               rng=random.Random(0))
-    assert [len(c) for c in policy.calls] == [4, 4, 4]  # attacker turns, vanilla answers, revised answers

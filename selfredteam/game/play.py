@@ -1,10 +1,8 @@
 """Play a batch of Self-RedTeam games: revise -> defend -> judge -> reward.
 
-Pure orchestration over the Policy and Judge protocols (no torch here). A batch's turns are
-generated in as few calls as the game allows, then judged in one call, so backends can batch as
-they like: with shared weights, one chained call (`policy.base.generate_chained`) for the attacker
-turns, the vanilla seeds' defender turns and the answers to each revision as soon as it is
-written; otherwise the attacker turns, then the defender turns.
+Pure orchestration over the Policy and Judge protocols (no torch here). All attacker turns of
+a batch are generated in one call, then all defender turns in one call, then one judge call,
+so backends can batch as they like.
 
 With `samples_per_prompt` k > 1, each seed is revised (or not) once and its final prompt is
 answered k times: k games that share one attacker turn and one prompt, so a group baseline
@@ -26,7 +24,7 @@ from selfredteam.game.prompts import attacker_turn, defender_turn
 from selfredteam.game.rewards import Labels, compute_rewards
 from selfredteam.judges.base import Judge, Judgement
 from selfredteam.judges.refusal import pattern_refusal
-from selfredteam.policy.base import Generation, Policy, SamplingParams, Turn, generate_chained
+from selfredteam.policy.base import Generation, Policy, SamplingParams
 
 PARSE_ERROR_OUTCOME = "judge_parse_error"
 
@@ -134,6 +132,14 @@ def _role_turn(gen: Generation, cot: bool) -> RoleTurn:
     return RoleTurn(gen.text, p.answer, not p.valid, p.violation, gen, cut_off)
 
 
+def _generate_mixed(policy: Policy, first: list, p1: SamplingParams, second: list,
+                    p2: SamplingParams) -> list[Generation]:
+    """One generate call for two groups of turns when their sampling params agree."""
+    if p1 == p2:
+        return policy.generate(first + second, p1)
+    return policy.generate(first, p1) + policy.generate(second, p2)
+
+
 def play_games(
     seeds: list[Seed],
     policy: Policy,
@@ -158,27 +164,20 @@ def play_games(
     attacker_turns_in = [attacker_turn(seeds[i].prompt, seeds[i].harmful, cot) for i in rev_idx]
     vanilla_turns_in = [defender_turn(seeds[i].prompt, cot) for i in van_idx for _ in range(k)]
 
-    # With shared weights the attacker turns, the vanilla seeds' defender turns (they do not depend
-    # on the attacker) and the defender turns on each revision are one chained batch: a revision's
-    # answers start as soon as its attacker turn ends, beside the turns still going.
-    chained = shared and bool(attacker_turns_in) and attacker_params == defender_params
-    if chained:
-        def answer_revision(n: int, gen: Generation) -> list[Turn]:
-            return [defender_turn(_role_turn(gen, cot).answer, cot)] * k if n < len(rev_idx) else []
-
-        firsts, follows = generate_chained(policy, attacker_turns_in + vanilla_turns_in, attacker_params,
-                                           answer_revision)
-        attacker_gens, vanilla_gens = firsts[: len(rev_idx)], firsts[len(rev_idx):]
-        revised_gens = [g for answers in follows[: len(rev_idx)] for g in answers]
+    # Pass 1: attacker turns, plus (with shared weights) the defender turns of vanilla seeds,
+    # which do not depend on the attacker: one fuller batch instead of two sequential ones.
+    if shared and attacker_turns_in and vanilla_turns_in:
+        gens = _generate_mixed(policy, attacker_turns_in, attacker_params, vanilla_turns_in, defender_params)
+        attacker_gens, vanilla_gens = gens[: len(rev_idx)], gens[len(rev_idx):]
     else:
         attacker_gens = policy.generate(attacker_turns_in, attacker_params) if attacker_turns_in else []
         vanilla_gens = defender.generate(vanilla_turns_in, defender_params) if vanilla_turns_in else []
     attacker_turns: dict[int, RoleTurn] = {i: _role_turn(g, cot) for i, g in zip(rev_idx, attacker_gens)}
     prompts = [attacker_turns[i].answer if i in attacker_turns else s.prompt for i, s in enumerate(seeds)]
-    if not chained:
-        # The defender answers the revised prompts (k times each) once every attacker turn is in.
-        revised_in = [defender_turn(prompts[i], cot) for i in rev_idx for _ in range(k)]
-        revised_gens = defender.generate(revised_in, defender_params) if revised_in else []
+
+    # Pass 2: the defender answers the revised prompts (k times each).
+    revised_in = [defender_turn(prompts[i], cot) for i in rev_idx for _ in range(k)]
+    revised_gens = defender.generate(revised_in, defender_params) if revised_in else []
     by_game = {(i, j): g for idx, gens in ((van_idx, vanilla_gens), (rev_idx, revised_gens))
                for (i, j), g in zip(((i, j) for i in idx for j in range(k)), gens)}
     order = [(i, j) for i in range(len(seeds)) for j in range(k)]

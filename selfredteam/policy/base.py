@@ -7,7 +7,6 @@ return them (remote endpoints) leave them empty and can be used for play and eva
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -70,33 +69,6 @@ class Policy(Protocol):
         ...
 
 
-FollowUp = Callable[[int, Generation], list[Turn]]
-"""What to ask next once turn i's completion is known (the defender's turns on an attacker's revision)."""
-
-
-def generate_chained(policy: Policy, turns: list[Turn], params: SamplingParams,
-                     follow_up: FollowUp) -> tuple[list[Generation], list[list[Generation]]]:
-    """Each turn's completion, and for each turn the completions of the turns `follow_up(i, its
-    completion)` asks for next, with the same params. A backend with its own `generate_chained`
-    starts a follow-up as soon as the turn it depends on ends (the transformers backend writes it
-    in the same forward passes as the turns still going); any other gets two batched calls."""
-    own = getattr(policy, "generate_chained", None)
-    return own(turns, params, follow_up) if own is not None else chain_in_two_calls(policy, turns, params, follow_up)
-
-
-def chain_in_two_calls(policy: Policy, turns: list[Turn], params: SamplingParams,
-                       follow_up: FollowUp) -> tuple[list[Generation], list[list[Generation]]]:
-    """`generate_chained` as two `generate` calls: all turns, then all their follow-ups."""
-    firsts = policy.generate(turns, params)
-    asked = [follow_up(i, g) for i, g in enumerate(firsts)]
-    flat = policy.generate([t for a in asked for t in a], params) if any(asked) else []
-    follows, k = [], 0
-    for a in asked:
-        follows.append(flat[k : k + len(a)])
-        k += len(a)
-    return firsts, follows
-
-
 class MeteredPolicy:
     """Wraps a Policy to count generated tokens and seconds (for tokens/s in summaries)."""
 
@@ -109,22 +81,14 @@ class MeteredPolicy:
         self.tokens = 0
 
     def generate(self, turns: list[Turn], params: SamplingParams) -> list[Generation]:
+        import time
+
         t0 = time.perf_counter()
         out = self.inner.generate(turns, params)
-        self._count(out, t0)
-        return out
-
-    def generate_chained(self, turns: list[Turn], params: SamplingParams,
-                         follow_up: FollowUp) -> tuple[list[Generation], list[list[Generation]]]:
-        t0 = time.perf_counter()
-        firsts, follows = generate_chained(self.inner, turns, params, follow_up)
-        self._count(firsts + [g for f in follows for g in f], t0)
-        return firsts, follows
-
-    def _count(self, out: list[Generation], t0: float) -> None:
         self.seconds += time.perf_counter() - t0
         # Remote backends return no ids: fall back to a ~4 characters/token estimate.
         self.tokens += sum(len(g.completion_ids) or max(1, len(g.text) // 4) for g in out)
+        return out
 
     @property
     def tokens_per_s(self) -> float:

@@ -25,7 +25,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from selfredteam.policy.layout import cache_kwarg, record_outputs
-from selfredteam.policy.prefill import Part, PrefixCache, join_parts, prefill
+from selfredteam.policy.prefill import PrefixCache, prefill
 
 BLOCK = 1024
 """Vocabulary entries per block of the two-level inverse CDF (`sample_tokens`)."""
@@ -111,101 +111,53 @@ class Row:
     finish: str | None = None
     states: list[torch.Tensor] = field(default_factory=list)
     """Captured hidden states: the prompt's, then one per token fed back."""
-    parent: int = -1
-    """The row whose end asked for this one (`decode`'s `then`); -1 for the prompts passed in."""
-
-
-@dataclass
-class _Batch:
-    """The rows being written: one cache row each, in `active` order, with the logits that sample
-    their next token, the attention mask over the cache and each row's last position."""
-
-    active: list[int]
-    cache: DynamicCache
-    logits: torch.Tensor
-    mask: torch.Tensor
-    positions: torch.Tensor
-
-
-def _admit(model: Any, rows: list[Row], new: list[int], batch: _Batch | None, free: int, **prefill_kw: Any) -> _Batch:
-    """Prefill the prompts of rows `new` and add them to `batch` (or start one): both caches are
-    left-padded to the wider one, in a cache with `free` places after it for new tokens."""
-    first = prefill(model, [rows[i].prompt for i in new], **prefill_kw)
-    for j, states in first.states.items():
-        rows[new[j]].states.append(states)
-    part = Part([new[j] for j in first.order], first.layers, first.logits, first.mask, first.positions, {})
-    if batch is not None:
-        old = Part(batch.active, [(layer.keys, layer.values) for layer in batch.cache.layers], batch.logits,
-                    batch.mask, batch.positions, {})
-        joined = join_parts([old, part])
-        part = Part(joined.order, joined.layers, joined.logits, joined.mask, joined.positions, {})
-    cache = DynamicCache()
-    cache.layers = [_PreallocatedLayer(k, v, k.shape[-2] + free) for k, v in part.layers]
-    return _Batch(part.rows, cache, part.logits, part.mask, part.positions)
 
 
 @torch.inference_mode()
 def decode(model: Any, prompts: list[list[int]], *, max_new_tokens: int, temperature: float, top_p: float,
            pad_id: int, eos_ids: set[int], stopped: Callable[[list[int]], bool] | None = None,
-           capture: torch.nn.Module | None = None, prefixes: PrefixCache | None = None,
-           then: Callable[[int, Row], list[list[int]]] | None = None, max_rows: int = 0) -> list[Row]:
+           capture: torch.nn.Module | None = None, prefixes: PrefixCache | None = None) -> list[Row]:
     """Sample up to `max_new_tokens` per prompt. A row ends at an EOS id (kept), when `stopped(ids)`
     says so, or at the budget. `capture`: a decoder layer whose output states are kept per row.
-    `prefixes`: shared prompt prefixes kept across calls (policy/prefill.py).
-
-    `then(i, row)`, called as row i ends, returns prompts that depend on what it wrote (the
-    defender answering an attacker's revision): they join the batch at the next step, appended to
-    the result with `Row.parent` = i, and are written in the same forward passes as the rows still
-    going instead of in a second, emptier loop afterwards (on a CPU a step at 4 rows costs about
-    what one at 8 does). `max_rows` (0: no limit) caps the rows written at once; the rest wait."""
+    `prefixes`: shared prompt prefixes kept across calls (policy/prefill.py)."""
     rows = [Row(list(p)) for p in prompts]
-    if max_new_tokens <= 0:
-        return rows
     device = next(model.parameters()).device
     key = cache_kwarg(model)
-    prefill_kw = dict(pad_id=pad_id, capture=capture, prefixes=prefixes)
-    waiting = list(range(len(rows)))
-    batch: _Batch | None = None
+    first = prefill(model, prompts, pad_id=pad_id, capture=capture, prefixes=prefixes)
+    cache = DynamicCache()
+    cache.layers = [_PreallocatedLayer(k, v, k.shape[-2] + max_new_tokens) for k, v in first.layers]
+    active, logits, mask, positions = first.order, first.logits, first.mask, first.positions
+    for i, states in first.states.items():
+        rows[i].states.append(states)
     seen: list[torch.Tensor] = []
     with record_outputs(capture, seen) if capture is not None else contextlib.nullcontext():
-        while True:
-            room = (max_rows or len(rows)) - (len(batch.active) if batch else 0)
-            if waiting and room > 0:
-                batch = _admit(model, rows, waiting[:room], batch, max_new_tokens, **prefill_kw)
-                waiting = waiting[room:]
-            if batch is None:
-                break
-            tokens, logp = sample_tokens(batch.logits, temperature, top_p)
+        for step in range(max_new_tokens):
+            tokens, logp = sample_tokens(logits, temperature, top_p)
             keep = []
-            for slot, (r, t, lp) in enumerate(zip(batch.active, tokens.tolist(), logp.tolist())):
+            for slot, (r, t, lp) in enumerate(zip(active, tokens.tolist(), logp.tolist())):
                 row = rows[r]
                 row.ids.append(t)
                 row.logprobs.append(lp)
                 if t in eos_ids or (stopped is not None and stopped(row.ids)):
                     row.finish = "stop"
-                elif len(row.ids) == max_new_tokens:
+                elif step + 1 == max_new_tokens:
                     row.finish = "length"
                 else:
                     keep.append(slot)
-                if row.finish and then is not None:
-                    for prompt in then(r, row):
-                        rows.append(Row(list(prompt), parent=r))
-                        waiting.append(len(rows) - 1)
             if not keep:
-                batch = None
-                continue
-            if len(keep) < len(batch.active):
+                break
+            if len(keep) < len(active):
                 idx = torch.tensor(keep, device=device)
-                for layer in batch.cache.layers:
+                for layer in cache.layers:
                     layer.batch_select_indices(idx)
-                tokens, batch.mask, batch.positions = tokens[idx], batch.mask[idx], batch.positions[idx]
-                batch.active = [batch.active[s] for s in keep]
-            batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.active), 1)], dim=1)
-            batch.positions = batch.positions + 1
+                tokens, mask, positions = tokens[idx], mask[idx], positions[idx]
+                active = [active[s] for s in keep]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            positions = positions + 1
             seen.clear()
-            batch.logits = model(input_ids=tokens[:, None], attention_mask=batch.mask, position_ids=batch.positions,
-                                 use_cache=True, **{key: batch.cache}).logits[:, -1]
-            for slot, r in enumerate(batch.active):
+            logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                           **{key: cache}).logits[:, -1]
+            for slot, r in enumerate(active):
                 if seen:
                     rows[r].states.append(seen[0][slot])
     return rows

@@ -21,9 +21,9 @@ from selfredteam.budget import CUT_MARKER, TruncationCounter, keep_ends
 from selfredteam.config import ModelConfig
 from selfredteam.errors import UserError
 from selfredteam.fsutil import cache_dir
-from selfredteam.policy.base import FollowUp, Generation, SamplingParams, Turn, chain_in_two_calls
+from selfredteam.policy.base import Generation, SamplingParams, Turn
 from selfredteam.policy.cpu_fastpath import use_small_batch_linears
-from selfredteam.policy.decode import Row, decode
+from selfredteam.policy.decode import decode
 from selfredteam.policy.embedded import convert_gguf_to_hf, embedded_model_dir
 from selfredteam.policy.prefill import PrefixCache
 
@@ -263,40 +263,21 @@ class TransformersPolicy:
 
         return stopped
 
-    def generate_chained(self, turns: list[Turn], params: SamplingParams,
-                         follow_up: FollowUp) -> tuple[list[Generation], list[list[Generation]]]:
-        """`policy.base.generate_chained`: a follow-up turn joins the sampling batch as soon as the
-        turn it answers ends, so the defender answers each revision while the other attacker turns
-        are still being written (at most `batch_size` rows at a time). More turns than one batch
-        holds: two calls."""
-        if len(turns) > self.batch_size:
-            return chain_in_two_calls(self, turns, params, follow_up)
-
-        def then(i: int, row: Row) -> list[list[int]]:
-            return [self.encode(t) for t in follow_up(i, self._generation(row, with_states=False))] \
-                if i < len(turns) else []
-
-        rows = self._decode([self.encode(t) for t in turns], params, then=then, max_rows=self.batch_size)
-        follows: list[list[Generation]] = [[] for _ in turns]
-        for row in rows[len(turns):]:
-            follows[row.parent].append(self._generation(row))
-        return [self._generation(row) for row in rows[: len(turns)]], follows
-
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        return [self._generation(row) for row in self._decode(prompts, params)]
-
-    def _decode(self, prompts: list[list[int]], params: SamplingParams, **chain: Any) -> list[Row]:
         # Our own loop (policy/decode.py): softmax(logits / T) exactly, whatever repetition penalty
         # or top-k a checkpoint's generation_config carries; finished rows leave the batch.
-        return decode(self.model, prompts, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+        rows = decode(self.model, prompts, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
                       top_p=params.top_p, pad_id=self.tokenizer.pad_token_id, eos_ids=self.eos_ids,
-                      stopped=self._stopped(params.stop), capture=self.capture_layer, prefixes=self.prefixes, **chain)
-
-    def _generation(self, row: Row, with_states: bool = True) -> Generation:
-        states = None
-        if row.states and with_states:
-            # The prompt's states and one per token fed back; the last token never was.
-            states = torch.cat(row.states + [row.states[0].new_zeros(1, row.states[0].shape[-1])])
-        return Generation(text=self.tokenizer.decode(row.ids, skip_special_tokens=True), prompt_ids=row.prompt,
-                          completion_ids=row.ids, finish_reason=row.finish or "length", logprobs=row.logprobs,
-                          trunk_states=states)
+                      stopped=self._stopped(params.stop), capture=self.capture_layer, prefixes=self.prefixes)
+        gens = []
+        for row in rows:
+            states = None
+            if row.states:
+                # The prompt's states and one per token fed back; the last token never was.
+                states = torch.cat(row.states + [row.states[0].new_zeros(1, row.states[0].shape[-1])])
+            gens.append(Generation(
+                text=self.tokenizer.decode(row.ids, skip_special_tokens=True), prompt_ids=row.prompt,
+                completion_ids=row.ids, finish_reason=row.finish or "length", logprobs=row.logprobs,
+                trunk_states=states,
+            ))
+        return gens

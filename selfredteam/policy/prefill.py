@@ -128,9 +128,8 @@ def length_groups(lengths: list[int], waste: float = 0.15) -> list[list[int]]:
     return groups
 
 
-class Part(NamedTuple):
-    """Some rows' cache ([rows, kv, width, D] per layer) and the rest: a group prefilled together, or
-    the rows being decoded when new ones join them (policy/decode.py)."""
+class _Part(NamedTuple):
+    """Some rows prefilled together: their cache ([rows, kv, width, D] per layer) and the rest."""
 
     rows: list[int]
     layers: list[tuple[torch.Tensor, torch.Tensor]]
@@ -175,7 +174,7 @@ def prefill(model: Any, prompts: list[list[int]], *, pad_id: int, capture: torch
         for group in length_groups([len(prompts[i]) - len(prefix) for i in rows]):
             parts.append(_suffixes(model, [rows[g] for g in group], prompts, len(prefix), kv, trunk, pad_id,
                                    key, capture, device))
-    return join_parts(parts)
+    return _join(parts)
 
 
 def _prefix(model: Any, layers: torch.nn.ModuleList, prefix: tuple[int, ...], frozen: int,
@@ -205,7 +204,7 @@ def _prefix(model: Any, layers: torch.nn.ModuleList, prefix: tuple[int, ...], fr
 
 
 def _suffixes(model: Any, rows: list[int], prompts: list[list[int]], skip: int, kv: Any, trunk: Any, pad_id: int,
-              key: str, capture: torch.nn.Module | None, device: torch.device) -> Part:
+              key: str, capture: torch.nn.Module | None, device: torch.device) -> _Part:
     """Prefill the prompts of `rows` after their shared `skip` tokens, on top of the prefix's cache."""
     tails = [prompts[i][skip:] for i in rows]
     width = max(map(len, tails))
@@ -226,10 +225,10 @@ def _suffixes(model: Any, rows: list[int], prompts: list[list[int]], skip: int, 
         for slot, (i, t) in enumerate(zip(rows, tails)):
             own_states = seen[0][slot, width - len(t):]
             states[i] = own_states if trunk is None or not skip else torch.cat([trunk, own_states])
-    return Part(rows, [(layer.keys, layer.values) for layer in cache.layers], logits, mask, positions[:, -1:], states)
+    return _Part(rows, [(layer.keys, layer.values) for layer in cache.layers], logits, mask, positions[:, -1:], states)
 
 
-def join_parts(parts: list[Part]) -> Prefilled:
+def _join(parts: list[_Part]) -> Prefilled:
     """One cache for all rows: each part's keys and values left-padded to the widest."""
     width = max(part.mask.shape[1] for part in parts)
     pads = [(0, 0, width - part.mask.shape[1], 0) for part in parts]

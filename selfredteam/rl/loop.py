@@ -42,12 +42,10 @@ from selfredteam.game.play import GameRecord, play_games, sampling_params
 from selfredteam.game.prompts import instruction_texts
 from selfredteam.judges.base import Judge
 from selfredteam.policy.base import (
-    FollowUp,
     Generation,
     MeteredPolicy,
     Policy,
     SamplingParams,
-    generate_chained,
 )
 from selfredteam.policy.runtime import describe, runtime_info, save_runtime
 from selfredteam.rl.distributed import make_accelerator, sampling_params_gathered
@@ -72,25 +70,12 @@ class RoleView:
         self.trunk_layer = trainable.trunk_layer() if capture_trunk and not reference else None
         """Keep the frozen trunk's states of each turn: the learner then runs only the top layers."""
 
-    @contextmanager
-    def _set_up(self) -> Iterator[None]:
-        """The reference model, or the role's current policy set up for sampling."""
+    def generate(self, turns: list, params: SamplingParams) -> list[Generation]:
         if self.reference:
             with self.trainable.reference():
-                yield
-        else:
-            with self.trainable.sampling(self.role), self.sampler.capturing(self.trunk_layer):
-                yield
-
-    def generate(self, turns: list, params: SamplingParams) -> list[Generation]:
-        with self._set_up():
+                return self.sampler.generate(turns, params)
+        with self.trainable.sampling(self.role), self.sampler.capturing(self.trunk_layer):
             return self.sampler.generate(turns, params)
-
-    def generate_chained(self, turns: list, params: SamplingParams,
-                         follow_up: FollowUp) -> tuple[list[Generation], list[list[Generation]]]:
-        """As `generate`, for turns and the turns that answer them (policy.base.generate_chained)."""
-        with self._set_up():
-            return generate_chained(self.sampler, turns, params, follow_up)
 
 
 class StopFlag:

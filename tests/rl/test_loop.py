@@ -204,39 +204,6 @@ def test_generation_logprobs_match_the_learner(tiny_model_dir, temperature, dtyp
         torch.testing.assert_close(torch.tensor(g.logprobs), lp.float(), atol=LOGPROB_ATOL[dtype], rtol=0)
 
 
-def test_chained_turns_are_sampled_as_in_two_calls(tiny_model_dir):
-    """The transformers backend's `generate_chained`: each answer to a revision joins the batch as
-    its attacker turn ends (at most `batch_size` rows at once), with the adapter live and trunk
-    states captured; greedy, every turn equals the two-call path's, log-probs and states too."""
-    import torch
-
-    from selfredteam.game.prompts import attacker_turn, defender_turn
-    from selfredteam.policy.base import SamplingParams, chain_in_two_calls
-    from selfredteam.policy.hf import TransformersPolicy
-    from selfredteam.rl.model import build_trainable
-
-    trainable = build_trainable(cfg_for(tiny_model_dir, "model.dtype=float32"))  # no near-ties from bf16 rounding
-    sampler = TransformersPolicy(trainable.model, trainable.tokenizer, "tiny", batch_size=3)
-    turns = [attacker_turn(f"seed {i}", i % 2 == 0, True) for i in range(3)] + [defender_turn("Hi there", True)]
-    params = SamplingParams(6, 0.0, 1.0)
-
-    def follow_up(i, gen):
-        return [defender_turn(f"{gen.text} ({i})", True)] * (i + 1) if i < 3 else []
-
-    with trainable.sampling(), sampler.capturing(trainable.trunk_layer()):
-        sampler.batch_size = len(turns)
-        plain = chain_in_two_calls(sampler, turns, params, follow_up)
-        sampler.batch_size = 3  # four first turns: more than a batch, two calls as well
-        assert [len(f) for f in sampler.generate_chained(turns, params, follow_up)[1]] == [1, 2, 3, 0]
-        chained = sampler.generate_chained(turns[:3], params, follow_up)
-    for a, b in zip(plain[0][:3] + [g for f in plain[1] for g in f], chained[0] + [g for f in chained[1] for g in f]):
-        assert (a.prompt_ids, a.completion_ids, a.text, a.finish_reason) == \
-            (b.prompt_ids, b.completion_ids, b.text, b.finish_reason)
-        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
-        torch.testing.assert_close(a.trunk_states, b.trunk_states, atol=1e-5, rtol=1e-5)
-    assert [len(f) for f in chained[1]] == [1, 2, 3]
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_train_steps_and_resume_in_each_cpu_dtype(tiny_model_dir, tmp_path, dtype):
     """Both CPU dtypes train and resume exactly, whichever one `auto` picks on this machine."""
