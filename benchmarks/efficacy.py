@@ -6,7 +6,7 @@ For each seed: `selfredteam train --preset PRESET` (wall time and peak RSS measu
 discrimination J = refusal(harmful) - refusal(benign) per benchmark family and its change ΔJ with
 a paired bootstrap interval, the change in over-refusal per benign split, ASR, the share of
 non-refusal answers that are one stock phrase, and the share of answers with nothing in them
-(eval.metrics.is_non_answer). Finished parts are reused (runs, the baseline's answers), so a
+(game.answers.is_non_answer). Finished parts are reused (runs, the baseline's answers), so a
 re-run only prints, and a variant only trains what it must.
 
     python benchmarks/efficacy.py --seeds 0 1 --out runs/efficacy
