@@ -6,6 +6,9 @@ applied by our tokenizer), so tokens/s compare like for like.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 TURNS_PER_GAME = 1.5
 """A cpu-demo game has 1.5 generated turns on average: half the seeds are revised first."""
 
@@ -25,3 +28,18 @@ def cpu_name() -> str:
     from selfredteam.policy.runtime import cpu_name as model_name
 
     return f"{model_name()} ({cpu_kind()})"
+
+
+def selfredteam_cli(*args: str) -> list[str]:
+    """The command line that runs `selfredteam ARGS` from the package this script imported.
+
+    Timing an old commit means running a script with PYTHONPATH pointing at that commit's worktree.
+    A bare `python -m selfredteam` would then run the wrong code when started from another checkout:
+    `-m` puts the working directory ahead of PYTHONPATH on sys.path, so the subprocess imported the
+    checkout's package while the script had imported the worktree's. Here the imported package's
+    root goes first on the subprocess's path."""
+    import selfredteam
+
+    root = str(Path(selfredteam.__file__).resolve().parents[1])
+    entry = f"import sys; sys.path.insert(0, {root!r}); from selfredteam.cli import app; app(prog_name='selfredteam')"
+    return [sys.executable, "-c", entry, *args]

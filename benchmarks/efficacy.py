@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import cpu_name
+from _common import cpu_name, selfredteam_cli
 
 from selfredteam.checkpoint import has_checkpoint
 
@@ -40,10 +40,6 @@ OVER_REFUSAL = [("wildjailbreak", "benign_adversarial", "WJB adv benign"), ("xst
 _MEASURE = ("import json, resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[2:]); "
             "json.dump({'rc': r.returncode, 'wall_s': time.time() - t, 'peak_rss_gib': "
             "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20}, open(sys.argv[1], 'w'))")
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "selfredteam", *args]
 
 
 def measured(cmd: list[str], record: Path) -> dict:
@@ -61,7 +57,7 @@ def train(run: Path, seed: int, sets: list[str], warm_start: Path | None = None,
     if record.is_file() and has_checkpoint(run):
         return json.loads(record.read_text())
     run.mkdir(parents=True, exist_ok=True)
-    cmd = cli("train", "--preset", preset, "--out", str(run), "--set", f"run.seed={seed}", *sets)
+    cmd = selfredteam_cli("train", "--preset", preset, "--out", str(run), "--set", f"run.seed={seed}", *sets)
     if warm_start:
         cmd += ["--resume", str(warm_start / f"run{seed}" / "checkpoints" / "step_0")]
     return measured(cmd, record)
@@ -70,7 +66,7 @@ def train(run: Path, seed: int, sets: list[str], warm_start: Path | None = None,
 def evaluate(run: Path, base_out: Path, sets: list[str], per_subset: int, splits: str) -> dict:
     out = run / "eval" / EVAL_DIRS[splits == SPLITS]
     if not (out / "comparison.json").is_file():
-        cmd = cli("eval", "--model", str(run), "--baseline", "embedded", "--baseline-out", str(base_out / out.name),
+        cmd = selfredteam_cli("eval", "--model", str(run), "--baseline", "embedded", "--baseline-out", str(base_out / out.name),
                   "--benchmarks", "wildjailbreak,xstest,or_bench_hard,or_bench_toxic", "--subsets", splits,
                   "--per-subset", str(per_subset), "--out", str(out), *sets)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -13,12 +13,11 @@ import argparse
 import json
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import cpu_name
+from _common import cpu_name, selfredteam_cli
 
 from selfredteam.policy.hf import cpu_has_native_bf16
 
@@ -47,8 +46,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "selfredteam", "train", "--preset", "cpu-demo", "--out", str(out),
-               "--set", f"train.steps={args.steps}", "--set", "train.save_every=1000"]
+        cmd = selfredteam_cli("train", "--preset", "cpu-demo", "--out", str(out),
+                              "--set", f"train.steps={args.steps}", "--set", "train.save_every=1000")
         for s in args.set:
             cmd += ["--set", s]
         t0 = time.perf_counter()
