@@ -37,9 +37,9 @@ def selfredteam_cli(*args: str) -> list[str]:
     A bare `python -m selfredteam` would then run the wrong code when started from another checkout:
     `-m` puts the working directory ahead of PYTHONPATH on sys.path, so the subprocess imported the
     checkout's package while the script had imported the worktree's. Here the imported package's
-    root goes first on the subprocess's path."""
+    root goes first on the subprocess's path, then the package's own `__main__` runs as `-m` would."""
     import selfredteam
 
     root = str(Path(selfredteam.__file__).resolve().parents[1])
-    entry = f"import sys; sys.path.insert(0, {root!r}); from selfredteam.cli import app; app(prog_name='selfredteam')"
+    entry = f"import runpy, sys; sys.path.insert(0, {root!r}); runpy.run_module('selfredteam', run_name='__main__')"
     return [sys.executable, "-c", entry, *args]

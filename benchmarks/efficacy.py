@@ -66,9 +66,10 @@ def train(run: Path, seed: int, sets: list[str], warm_start: Path | None = None,
 def evaluate(run: Path, base_out: Path, sets: list[str], per_subset: int, splits: str) -> dict:
     out = run / "eval" / EVAL_DIRS[splits == SPLITS]
     if not (out / "comparison.json").is_file():
-        cmd = selfredteam_cli("eval", "--model", str(run), "--baseline", "embedded", "--baseline-out", str(base_out / out.name),
-                  "--benchmarks", "wildjailbreak,xstest,or_bench_hard,or_bench_toxic", "--subsets", splits,
-                  "--per-subset", str(per_subset), "--out", str(out), *sets)
+        cmd = selfredteam_cli("eval", "--model", str(run), "--baseline", "embedded",
+                              "--baseline-out", str(base_out / out.name),
+                              "--benchmarks", "wildjailbreak,xstest,or_bench_hard,or_bench_toxic", "--subsets", splits,
+                              "--per-subset", str(per_subset), "--out", str(out), *sets)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "comparison.json").read_text()) | {"_dir": out.name}
 
