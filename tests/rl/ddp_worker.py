@@ -1,5 +1,6 @@
 """Run by `accelerate launch` from test_distributed.py: one shard of the samples per process."""
 
+import os
 import sys
 
 from accelerate import Accelerator
@@ -18,3 +19,8 @@ Learner(policy, cfg, acc).update(samples()[rank::world])
 if rank == 0:
     save_file({k: v.contiguous() for k, v in lora_state(policy).items()}, sys.argv[1])
 acc.end_training()  # waits are not enough: leave the gloo group before exit, or a process can abort
+# Even then one process aborted at interpreter teardown twice in CI ('terminate called without an active
+# exception', SIGABRT) after every check above had passed and the file was written: skip that teardown.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)

@@ -2,6 +2,7 @@
 test_distributed.py: one shard of the samples per process, the model sharded by FSDP2 or
 DeepSpeed ZeRO-3 over gloo."""
 
+import os
 import sys
 
 import torch
@@ -36,3 +37,8 @@ weights = policy.weights_for_save()  # gathered: every process takes part
 if rank == 0:
     save_file({k: v.contiguous() for k, v in weights.items()}, out)
 acc.end_training()  # waits are not enough: leave the gloo group before exit, or a process can abort
+# Even then one process aborted at interpreter teardown twice in CI ('terminate called without an active
+# exception', SIGABRT) after every check above had passed and the file was written: skip that teardown.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
