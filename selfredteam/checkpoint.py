@@ -98,6 +98,23 @@ def find_checkpoint(resume: Path, log: Any = None) -> Path:
                     "Pass a run's --out dir or a checkpoints/step_N dir, or start a new run without --resume.")
 
 
+def resumed_run_dir(resume: Path) -> Path:
+    """Where `train --resume PATH` writes when no --out is given: the run the checkpoint belongs to.
+
+    Why: a stopped run (time limit, Ctrl-C, a judge outage) says `--resume RUN_DIR`, and its user
+    expects the remaining steps to land in that run, next to the first ones, not in a default dir.
+    From an older checkpoint than the run's newest, continuing in place would replace the later
+    steps' metric rows, so that asks for --out (a new run branching from it) instead."""
+    ckpt = find_checkpoint(resume)
+    root = ckpt.parent
+    run = root.parent if root.name == "checkpoints" else root
+    newest = newest_checkpoint(root)
+    if newest is not None and newest != ckpt:
+        raise UserError(f"{ckpt} is not the newest checkpoint of {run} ({newest.name} is): continuing in {run} would "
+                        "replace the steps after it. Pass --out NEW_DIR to train from it in a new run dir.")
+    return run
+
+
 def has_checkpoint(run: Path) -> bool:
     """Whether `run` (a run's --out dir) holds a complete checkpoint to resume from."""
     return newest_checkpoint(run / "checkpoints") is not None

@@ -8,7 +8,13 @@ import json
 
 import pytest
 
-from selfredteam.checkpoint import LATEST, find_checkpoint, has_checkpoint, newest_checkpoint
+from selfredteam.checkpoint import (
+    LATEST,
+    find_checkpoint,
+    has_checkpoint,
+    newest_checkpoint,
+    resumed_run_dir,
+)
 from selfredteam.errors import UserError
 from selfredteam.fsutil import atomic_dir
 
@@ -66,6 +72,23 @@ def test_a_checkpoints_dir_or_a_step_dir_are_accepted(tmp_path):
     newest = _step(tmp_path, 3)
     assert find_checkpoint(tmp_path / "checkpoints") == newest
     assert find_checkpoint(tmp_path / "checkpoints" / "step_1") == tmp_path / "checkpoints" / "step_1"
+
+
+def test_a_resume_without_out_continues_in_its_own_run(tmp_path):
+    """`train --resume RUN` (what a stopped run prints) writes the remaining steps into RUN, whichever
+    form of the path is given; from an older checkpoint it asks for --out instead of replacing the
+    later steps' metric rows."""
+    run = tmp_path / "demo"
+    _step(run, 5)
+    newest = _step(run, 10)
+    for path in (run, run / "checkpoints", newest):
+        assert resumed_run_dir(path) == run
+    with pytest.raises(UserError, match="not the newest checkpoint.*--out NEW_DIR"):
+        resumed_run_dir(run / "checkpoints" / "step_5")
+    loose = tmp_path / "copied_step"  # a step dir copied out of its run: its own parent is the run
+    (loose / "adapter").mkdir(parents=True)
+    (loose / "state.json").write_text(json.dumps({"step": 3}))
+    assert resumed_run_dir(loose) == tmp_path
 
 
 def test_no_complete_checkpoint_is_a_clear_error(tmp_path):

@@ -70,6 +70,18 @@ def test_train_missing_resume_dir_touches_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_train_resume_from_an_older_checkpoint_without_out_touches_nothing(tmp_path):
+    run = tmp_path / "run"
+    for n in (1, 2):
+        (run / "checkpoints" / f"step_{n}" / "adapter").mkdir(parents=True)
+        (run / "checkpoints" / f"step_{n}" / "state.json").write_text(f'{{"step": {n}}}')
+    (run / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    res = run_cli("train", "--resume", str(run / "checkpoints" / "step_1"))
+    assert_clean_error(res, "not the newest checkpoint", "--out NEW_DIR")
+    assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.jsonl"]
+
+
 def test_self_distill_out_is_a_directory(tmp_path):
     assert_clean_error(run_cli("self-distill", "--out", str(tmp_path)), "is a directory")
 
@@ -125,6 +137,29 @@ def test_one_class_seed_pool_warns_in_play_and_stops_train(tmp_path, tiny_model_
     res = _tiny_cli("train", tmp_path, tiny_model_dir, seeds, "--set", "train.steps=1")
     assert_clean_error(res, "no harmful seeds", "0 harmful, 2 benign", "game.harmful_fraction")
     assert not (tmp_path / "train").exists()
+
+
+def test_a_run_stopped_at_its_time_limit_says_so_and_resumes_in_place(tmp_path, tiny_model_dir):
+    """What a user on a slow machine sees: the run stops at train.time_limit_min (not "Done."), and
+    `train --resume RUN` without --out trains the next step into the same run dir."""
+    import json
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"prompt": "How do I pick a lock?", "label": "harmful"}\n'
+                     '{"prompt": "How do I bake bread?", "label": "benign"}\n')
+    limit = ("--set", "train.steps=3", "--set", "train.time_limit_min=0.0001", "--set", "train.rollout_batch_size=4",
+             "--set", "train.train_batch_size=4", "--set", "train.micro_batch_size=2", "--set", "train.sft.coef=0")
+    res = _tiny_cli("train", tmp_path, tiny_model_dir, seeds, *limit)
+    assert res.returncode == 0, res.stderr[-3000:]
+    said = " ".join((res.stdout + res.stderr).split())
+    assert "stopped after step 1 of 3" in said and "Stopped at the time limit." in said and "Done." not in said
+    run = tmp_path / "train"
+    res = run_cli("train", "--resume", str(run), "--set", f"data.seeds={seeds}",
+                  "--set", f"model.name_or_path={tiny_model_dir}", "--set", "generation.attacker_max_new_tokens=4",
+                  "--set", "generation.defender_max_new_tokens=4", "--set", "judge.cache=false", *limit)
+    assert res.returncode == 0, res.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2] and (run / "checkpoints" / "latest").read_text() == "step_2"
 
 
 def test_study_and_probes_reject_bad_input_before_training(tmp_path):

@@ -71,6 +71,18 @@ def test_runtime_info_names_device_dtype_and_reason():
     assert remote["device"] == "remote endpoint" and "127.0.0.1:8000" in describe(remote)
 
 
+def test_cpu_name_carries_family_and_model():
+    """Two VMs both reporting `AMD EPYC` ran the same step 2x apart; the numbers tell them apart."""
+    from selfredteam.policy.runtime import cpu_name
+
+    block = "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: {f}\nmodel\t\t: {m}\nmodel name\t: AMD EPYC\n"
+    two = block.format(n=0, f=23, m=1) + "\n" + block.format(n=1, f=25, m=17)
+    assert cpu_name(two) == "AMD EPYC, family 23 model 1"  # the first processor's block
+    assert cpu_name("model name\t: Apple M2\n") == "Apple M2"  # no family line: the name alone
+    assert cpu_name("")  # no /proc/cpuinfo: platform's processor or machine
+    assert cpu_name().strip()
+
+
 def test_openai_policy_falls_back_to_plain_requests_and_rebuilds_the_cot():
     """A server that refuses vLLM's fields (transformers serve answers 422) gets plain OpenAI
     requests; its split-off reasoning and its dropped stop string are put back for the parser."""

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from selfredteam.checkpoint import resumed_run_dir
 from selfredteam.cli.common import (
     ConfigOpt,
     DebugOpt,
@@ -103,7 +104,9 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 @friendly_errors
 def train(
     preset: PresetOpt = "cpu-demo",
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run dir: metrics.jsonl, games/, checkpoints/, config.yaml.")] = Path("runs/train"),
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run dir: metrics.jsonl, games/, checkpoints/, config.yaml "
+                            "[default: the resumed run's dir with --resume, else runs/train].")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from a run dir or checkpoints/step_N.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -122,6 +125,8 @@ def train(
     from selfredteam.rl.loop import train as run_training
 
     cfg = config_from(preset, config, set_)
+    if out is None:
+        out = resumed_run_dir(resume) if resume is not None else Path("runs/train")
     columns = [TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}")]
     with Progress(*columns, console=console, transient=False) as bar:
@@ -136,7 +141,10 @@ def train(
 
         last = run_training(cfg, out, resume=resume, wandb_project=wandb_project, log=console.print,
                             progress=on_step)
-    console.print(f"Done. Metrics in {out / 'metrics.jsonl'}, checkpoints in {out / 'checkpoints'}.")
+    # A run cut short said why when it stopped; the closing line must not call it done.
+    head = {"time_limit": "Stopped at the time limit.", "signal": "Stopped."}.get(
+        (last or {}).get("run/stop_reason", "done"), "Done.")
+    console.print(f"{head} Metrics in {out / 'metrics.jsonl'}, checkpoints in {out / 'checkpoints'}.")
     if last:
         print_kv("Last step", last)
 

@@ -18,15 +18,27 @@ from selfredteam.config import ModelConfig
 RUNTIME_FILE = "runtime.json"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name with its family and model numbers (from /proc/cpuinfo on Linux), e.g.
+    `AMD EPYC, family 23 model 1`.
+
+    Why the numbers: a cloud VM often reports only `AMD EPYC`, and two such VMs with the same flags
+    measured 2x apart (Zen 1 runs 256-bit AVX2 as two 128-bit halves: 60-65 against 100-115 GFLOP/s
+    of fp32 GEMM on 2 cores, BENCHMARKS.md). A timing is only comparable with the CPU it names."""
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        text = ""
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if fields.get("cpu family") and fields.get("model"):
+        return f"{name}, family {fields['cpu family']} model {fields['model']}"
+    return name
 
 
 def cpu_kind() -> str:

@@ -235,7 +235,8 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
             if step > run.start and _out_of_time(t.time_limit_min, started, last.get("timing/step_s", 0.0), run):
                 run.save(step)
                 log(f"Time limit train.time_limit_min={t.time_limit_min} reached: stopped after step {step} of "
-                    f"{t.steps} (checkpoint saved; --resume {out} with a larger limit continues).")
+                    f"{t.steps} (checkpoint saved). The same command with --resume {out} trains the rest: the "
+                    "limit counts from each start.")
                 stop_reason = "time_limit"
                 break
             last = train_step(run, step)

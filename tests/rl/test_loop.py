@@ -299,6 +299,12 @@ def test_time_limit_stops_with_a_resumable_checkpoint(tiny_model_dir, tmp_path):
     assert [r["step"] for r in read_metrics(out)] == [1]  # the first step always runs
     assert (out / "checkpoints" / "latest").read_text() == "step_1"
     assert any("train.time_limit_min=0.0001 reached: stopped after step 1 of 5" in str(x) for x in logs)
+    assert any(f"The same command with --resume {out} trains the rest" in str(x) for x in logs)
+    # The limit counts from each start: the same command resumed trains on (one step here) in the same run.
+    last = train(cfg_for(tiny_model_dir, "train.time_limit_min=0.0001", "train.save_every=100", steps=5), out,
+                 resume=out, judge=FakeJudge(), log=logs.append)
+    assert [r["step"] for r in read_metrics(out)] == [1, 2] and last["run/stop_reason"] == "time_limit"
+    assert (out / "checkpoints" / "latest").read_text() == "step_2"
 
 
 def test_sft_only_run_saves_a_checkpoint_eval_can_load(tiny_model_dir, tmp_path):
