@@ -6,7 +6,7 @@ sequences are decoded together in one llama.cpp batch (one sequence id and one K
 each), sampling T=1 with EOS ignored, exactly `--new-tokens` tokens each.
 
 Needs llama-cpp-python, which has no wheel here; build it from its sdist, the library only (4.5 min
-on 2 AVX-512-BF16 cores; the plain `CMAKE_ARGS="-DGGML_NATIVE=ON"` build took ~25 min on 2 AVX2 cores):
+on 2 AVX-512-BF16 cores, 8.6 min on 2 Zen 1 AVX2 cores; the plain `CMAKE_ARGS="-DGGML_NATIVE=ON"` build took ~25 min on 2 AVX2 cores):
 
     OFF="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
     CMAKE_ARGS="-DGGML_NATIVE=ON $OFF" pip install llama-cpp-python
