@@ -99,7 +99,8 @@ def find_checkpoint(resume: Path, log: Any = None) -> Path:
 
 
 def resumed_run_dir(resume: Path) -> Path:
-    """Where `train --resume PATH` writes when no --out is given: the run the checkpoint belongs to.
+    """The run dir the checkpoint that `resume` names belongs to, where `train --resume PATH`
+    continues when no --out is given.
 
     Why: a stopped run (time limit, Ctrl-C, a judge outage) says `--resume RUN_DIR`, and its user
     expects the remaining steps to land in that run, next to the first ones, not in a default dir.

@@ -708,6 +708,22 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+RUN_CONTROL_KEYS = ("run.out", "run.threads", "train.time_limit_min", "train.save_every", "train.games_log_every")
+"""Keys that say how a run is driven (when it stops, how often it saves or logs games, on how many
+threads), not what it learns: a run continued in place may change them."""
+
+
+def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """`key: saved -> now` for each key whose value differs between a checkpoint's saved config (as
+    JSON gave it back) and `cfg`, run-control keys aside. Keys only one side has (added or renamed
+    since the checkpoint) are skipped: a resume reads older checkpoints too."""
+    import json
+
+    before, now = flatten(saved), flatten(json.loads(json.dumps(to_dict(cfg))))
+    return [f"{k}: {before[k]!r} -> {v!r}" for k, v in now.items()
+            if k in before and before[k] != v and k not in RUN_CONTROL_KEYS]
+
+
 def save_config(cfg: Config, out_dir: str | Path) -> Path:
     """Write the resolved config as YAML beside a run's outputs (loadable with --config)."""
     path = Path(out_dir) / "config.yaml"

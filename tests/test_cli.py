@@ -154,9 +154,15 @@ def test_a_run_stopped_at_its_time_limit_says_so_and_resumes_in_place(tmp_path, 
     said = " ".join((res.stdout + res.stderr).split())
     assert "stopped after step 1 of 3" in said and "Stopped at the time limit." in said and "Done." not in said
     run = tmp_path / "train"
-    res = run_cli("train", "--resume", str(run), "--set", f"data.seeds={seeds}",
-                  "--set", f"model.name_or_path={tiny_model_dir}", "--set", "generation.attacker_max_new_tokens=4",
-                  "--set", "generation.defender_max_new_tokens=4", "--set", "judge.cache=false", *limit)
+    same = ("--set", f"data.seeds={seeds}", "--set", f"model.name_or_path={tiny_model_dir}",
+            "--set", "generation.attacker_max_new_tokens=4", "--set", "generation.defender_max_new_tokens=4",
+            "--set", "judge.cache=false", *limit)
+    # One of the run's flags left out: another run's config would go into this run dir.
+    res = run_cli("train", "--resume", str(run), *same[:-2])
+    assert_clean_error(res, "was trained with another config", "train.sft.coef: 0.0 -> 1.0",
+                       f"--config {run / 'config.yaml'}", "--out NEW_DIR")
+    assert (run / "checkpoints" / "latest").read_text() == "step_1"
+    res = run_cli("train", "--resume", str(run), *same)
     assert res.returncode == 0, res.stderr[-3000:]
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2] and (run / "checkpoints" / "latest").read_text() == "step_2"

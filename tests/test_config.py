@@ -1,6 +1,13 @@
 import pytest
 
-from selfredteam.config import PRESETS, load_config, save_config, valid_keys
+from selfredteam.config import (
+    PRESETS,
+    config_changes,
+    load_config,
+    save_config,
+    to_dict,
+    valid_keys,
+)
 from selfredteam.errors import ConfigError
 
 
@@ -122,3 +129,25 @@ def test_flat_sft_keys_still_work_and_warn_once(tmp_path, monkeypatch):
                                 "Config key train.sft_paired is deprecated: use train.sft.paired (the old key still works)."]
     nested = load_config("cpu-demo", overrides=["train.sft.coef=0.1"])
     assert nested.train.sft.coef == 0.1 and "train.sft.warmup_steps" in valid_keys()
+
+
+def test_config_changes_name_what_a_resume_in_place_would_change(tmp_path):
+    """`train --resume RUN` without --out continues RUN only with RUN's own config: a command that
+    leaves out the run's preset lists what differs; the run's config.yaml gives it back whole; how
+    the run is driven (time limit, saving, threads) may change."""
+    import json
+
+    safety = load_config("cpu-safety")
+    saved = json.loads(json.dumps(to_dict(safety)))  # as a checkpoint's state.json holds it
+    changes = config_changes(saved, load_config("cpu-demo"))
+    assert changes and all(": " in c and " -> " in c for c in changes)
+    assert any(c.startswith("train.sft.") for c in changes)
+    save_config(safety, tmp_path)
+    assert config_changes(saved, load_config("cpu-demo", tmp_path / "config.yaml")) == []
+    driven = ["train.time_limit_min=0", "train.save_every=1", "run.threads=1", "train.games_log_every=5"]
+    assert config_changes(saved, load_config("cpu-safety", overrides=driven)) == []
+    lr = config_changes(saved, load_config("cpu-safety", overrides=["train.lr=1e-5"]))
+    assert len(lr) == 1 and lr[0].startswith("train.lr: ") and lr[0].endswith(" -> 1e-05")
+    older = json.loads(json.dumps(saved))
+    older["train"]["a_key_since_renamed"] = 1  # a checkpoint from before a rename: only one side has it
+    assert config_changes(older, safety) == []

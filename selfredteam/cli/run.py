@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from selfredteam.checkpoint import resumed_run_dir
+from selfredteam.checkpoint import find_checkpoint, read_state, resumed_run_dir
 from selfredteam.cli.common import (
     ConfigOpt,
     DebugOpt,
@@ -28,7 +28,7 @@ from selfredteam.cli.common import (
     print_kv,
     warn_truncations,
 )
-from selfredteam.config import save_config, valid_keys
+from selfredteam.config import Config, config_changes, save_config, valid_keys
 from selfredteam.errors import UserError
 from selfredteam.fsutil import write_jsonl
 
@@ -100,6 +100,19 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     console.print(f"Outputs in {out}.")
 
 
+def _continue_in_place(resume: Path, cfg: Config) -> Path:
+    """`train --resume RUN` without --out: the run dir to continue in, when this command would train the
+    same run. A resume takes its config from the command, so without the run's own flags (its preset,
+    its --set keys) it would put another run's steps into RUN; that asks for the run's config or --out."""
+    run = resumed_run_dir(resume)
+    if changes := config_changes(read_state(find_checkpoint(resume)).get("config", {}), cfg):
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise UserError(f"{run} was trained with another config than this command's ({shown}). Continue it with "
+                        f"its own config (--config {run / 'config.yaml'}), or pass --out NEW_DIR to train from its "
+                        "checkpoint as a new run.")
+    return run
+
+
 @app.command()
 @friendly_errors
 def train(
@@ -126,7 +139,7 @@ def train(
 
     cfg = config_from(preset, config, set_)
     if out is None:
-        out = resumed_run_dir(resume) if resume is not None else Path("runs/train")
+        out = _continue_in_place(resume, cfg) if resume is not None else Path("runs/train")
     columns = [TextColumn("[bold]step {task.completed}/{task.total}"), BarColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.description}")]
     with Progress(*columns, console=console, transient=False) as bar:
