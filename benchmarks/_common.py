@@ -30,16 +30,19 @@ def cpu_name() -> str:
     return f"{model_name()} ({cpu_kind()})"
 
 
-def selfredteam_cli(*args: str) -> list[str]:
-    """The command line that runs `selfredteam ARGS` from the package this script imported.
+def selfredteam_cli(*args: str, root: str | Path | None = None) -> list[str]:
+    """The command line that runs `selfredteam ARGS` from the package this script imported
+    (or the one under `root`, a checkout or worktree: `step_ab.py` times two of them).
 
     Timing an old commit means running a script with PYTHONPATH pointing at that commit's worktree.
     A bare `python -m selfredteam` would then run the wrong code when started from another checkout:
     `-m` puts the working directory ahead of PYTHONPATH on sys.path, so the subprocess imported the
     checkout's package while the script had imported the worktree's. Here the imported package's
     root goes first on the subprocess's path, then the package's own `__main__` runs as `-m` would."""
-    import selfredteam
+    if root is None:
+        import selfredteam
 
-    root = str(Path(selfredteam.__file__).resolve().parents[1])
+        root = Path(selfredteam.__file__).resolve().parents[1]
+    root = str(Path(root).resolve())
     entry = f"import runpy, sys; sys.path.insert(0, {root!r}); runpy.run_module('selfredteam', run_name='__main__')"
     return [sys.executable, "-c", entry, *args]

@@ -98,9 +98,9 @@ def find_checkpoint(resume: Path, log: Any = None) -> Path:
                     "Pass a run's --out dir or a checkpoints/step_N dir, or start a new run without --resume.")
 
 
-def resumed_run_dir(resume: Path) -> Path:
+def resumed_run_dir(resume: Path) -> tuple[Path, Path]:
     """The run dir the checkpoint that `resume` names belongs to, where `train --resume PATH`
-    continues when no --out is given.
+    continues when no --out is given, and that checkpoint (the caller checks its saved config).
 
     Why: a stopped run (time limit, Ctrl-C, a judge outage) says `--resume RUN_DIR`, and its user
     expects the remaining steps to land in that run, next to the first ones, not in a default dir.
@@ -113,7 +113,7 @@ def resumed_run_dir(resume: Path) -> Path:
     if newest is not None and newest != ckpt:
         raise UserError(f"{ckpt} is not the newest checkpoint of {run} ({newest.name} is): continuing in {run} would "
                         "replace the steps after it. Pass --out NEW_DIR to train from it in a new run dir.")
-    return run
+    return run, ckpt
 
 
 def has_checkpoint(run: Path) -> bool:

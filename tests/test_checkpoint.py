@@ -82,13 +82,13 @@ def test_a_resume_without_out_continues_in_its_own_run(tmp_path):
     _step(run, 5)
     newest = _step(run, 10)
     for path in (run, run / "checkpoints", newest):
-        assert resumed_run_dir(path) == run
+        assert resumed_run_dir(path) == (run, newest)
     with pytest.raises(UserError, match="not the newest checkpoint.*--out NEW_DIR"):
         resumed_run_dir(run / "checkpoints" / "step_5")
     loose = tmp_path / "copied_step"  # a step dir copied out of its run: its own parent is the run
     (loose / "adapter").mkdir(parents=True)
     (loose / "state.json").write_text(json.dumps({"step": 3}))
-    assert resumed_run_dir(loose) == tmp_path
+    assert resumed_run_dir(loose) == (tmp_path, loose)
 
 
 def test_no_complete_checkpoint_is_a_clear_error(tmp_path):

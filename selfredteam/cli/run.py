@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from selfredteam.checkpoint import find_checkpoint, read_state, resumed_run_dir
+from selfredteam.checkpoint import read_state, resumed_run_dir
 from selfredteam.cli.common import (
     ConfigOpt,
     DebugOpt,
@@ -104,8 +104,8 @@ def _continue_in_place(resume: Path, cfg: Config) -> Path:
     """`train --resume RUN` without --out: the run dir to continue in, when this command would train the
     same run. A resume takes its config from the command, so without the run's own flags (its preset,
     its --set keys) it would put another run's steps into RUN; that asks for the run's config or --out."""
-    run = resumed_run_dir(resume)
-    if changes := config_changes(read_state(find_checkpoint(resume)).get("config", {}), cfg):
+    run, ckpt = resumed_run_dir(resume)
+    if changes := config_changes(read_state(ckpt).get("config", {}), cfg):
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise UserError(f"{run} was trained with another config than this command's ({shown}). Continue it with "
                         f"its own config (--config {run / 'config.yaml'}), or pass --out NEW_DIR to train from its "
