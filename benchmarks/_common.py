@@ -46,3 +46,13 @@ def selfredteam_cli(*args: str, root: str | Path | None = None) -> list[str]:
     root = str(Path(root).resolve())
     entry = f"import runpy, sys; sys.path.insert(0, {root!r}); runpy.run_module('selfredteam', run_name='__main__')"
     return [sys.executable, "-c", entry, *args]
+
+
+def timed_train_cli(out: Path, steps: int, sets: list[str], root: str | Path | None = None) -> list[str]:
+    """`train --preset cpu-demo` for `steps` steps into `out`, saving no checkpoint on the way (a save is
+    not part of a step's time), then each `sets` override: the run the step timings come from."""
+    cmd = selfredteam_cli("train", "--preset", "cpu-demo", "--out", str(out), "--set", f"train.steps={steps}",
+                          "--set", "train.save_every=1000", root=root)
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import cpu_name, selfredteam_cli
+from _common import cpu_name, timed_train_cli
 
 from selfredteam.policy.hf import cpu_has_native_bf16
 
@@ -46,10 +46,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = selfredteam_cli("train", "--preset", "cpu-demo", "--out", str(out),
-                              "--set", f"train.steps={args.steps}", "--set", "train.save_every=1000")
-        for s in args.set:
-            cmd += ["--set", s]
+        cmd = timed_train_cli(out, args.steps, args.set)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - t0

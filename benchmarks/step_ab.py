@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import cpu_name, selfredteam_cli
+from _common import cpu_name, timed_train_cli
 
 from selfredteam.fsutil import cache_dir
 
@@ -142,15 +142,11 @@ def main() -> None:
         d.mkdir(parents=True, exist_ok=True)
         if warm.exists():
             shutil.copy(warm, d / "judge_cache.sqlite")
-        cmd = selfredteam_cli("train", "--preset", "cpu-demo", "--out", str(d / "run"),
-                              "--set", f"train.steps={args.steps}", "--set", "train.save_every=1000",
-                              "--set", f"judge.cache_path={d / 'judge_cache.sqlite'}",
-                              # the limit reads the wall clock, which runs on while the other run holds the CPU
-                              "--set", "train.time_limit_min=0", root=root)
-        for s in args.set:
-            cmd += ["--set", s]
-        log = open(d / "train.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # The limit reads the wall clock, which runs on while the other run holds the CPU.
+        sets = [f"judge.cache_path={d / 'judge_cache.sqlite'}", "train.time_limit_min=0", *args.set]
+        with open(d / "train.log", "w") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(timed_train_cli(d / "run", args.steps, sets, root=root), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         sides.append(Side(name, proc, d / "run" / "metrics.jsonl"))
     try:
         run_sliced(sides, args.slice)
@@ -165,12 +161,12 @@ def main() -> None:
     wall = time.time() - t0
     print(f"`train --preset cpu-demo`, {args.steps} steps each, time-sliced ({args.slice:.0f} s turns); "
           f"{cpu_name()}; A = {Path(args.a).resolve()}, B = {Path(args.b).resolve()}; wall {wall:.0f} s for both\n")
-    print("| step | A step | A play | A learn | A tokens | B step | B play | B learn | B tokens | B / A |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
     a_steps, b_steps = sides[0].active(), sides[1].active()
     (tmp / "steps.json").write_text(json.dumps({"A": a_steps, "B": b_steps}, indent=1))
     if min(len(a_steps), len(b_steps)) < args.steps:
         print(f"(a run stopped early: A has {len(a_steps)} steps, B {len(b_steps)}; see the train.log files)\n")
+    print("| step | A step | A play | A learn | A tokens | B step | B play | B learn | B tokens | B / A |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for a, b in zip(a_steps, b_steps):
         print(f"| {a['n']} | " + " | ".join(f"{x['step']:.1f} s | {x['play']:.1f} s | {x['learn']:.1f} s | {x['tokens']}"
                                            for x in (a, b)) + f" | {b['step'] / a['step']:.2f}x |")
