@@ -29,6 +29,8 @@ from types import SimpleNamespace
 
 from _common import cpu_name
 
+from selfredteam.fsutil import read_jsonl
+
 FAMILIES = {
     "WJB adversarial": ({"harmful_adversarial"}, {"benign_adversarial"}),
     "OR toxic vs hard": ({"or_bench_toxic"}, {"or_bench_hard"}),
@@ -164,7 +166,7 @@ def main() -> None:
     from selfredteam.policy.spec import policy_from_spec
 
     cfg = load_config("cpu-demo")
-    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(args.results)
     rows = [r for r in rows if family_of(r)]
     if not rows:
         raise SystemExit(f"{args.results} has no answer of {sorted(FAMILIES)}.")

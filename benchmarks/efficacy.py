@@ -28,6 +28,7 @@ from pathlib import Path
 from _common import cpu_name, selfredteam_cli
 
 from selfredteam.checkpoint import has_checkpoint
+from selfredteam.fsutil import read_jsonl
 
 SPLITS = ("harmful_adversarial,benign_adversarial,harmful_vanilla,benign_vanilla,xstest_safe,xstest_unsafe,or_bench_hard,"
           "or_bench_toxic")
@@ -95,7 +96,7 @@ def _ci(d: dict) -> str:
 
 
 def _last(run: Path, key: str) -> float | None:
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = read_jsonl(run / "metrics.jsonl")
     vals = [r[key] for r in rows if r.get(key) is not None]
     return vals[-1] if vals else None
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's package, installed or not
 
+from selfredteam.fsutil import read_jsonl  # noqa: E402
 from selfredteam.policy.embedded import sha256  # noqa: E402
 
 CHUNK_MB = 48
@@ -167,7 +168,7 @@ def bench(model: Path, encoder: Path | None, games: list[int], steps: int, out: 
             f"generation.defender_max_new_tokens={max_new_tokens}"])
         t0 = time.perf_counter()
         train(cfg, out / f"games{n}", log=lambda *a: None)
-        rows = [json.loads(x) for x in (out / f"games{n}" / "metrics.jsonl").read_text().splitlines()]
+        rows = read_jsonl(out / f"games{n}" / "metrics.jsonl")
         rows = rows[1:] or rows  # the first step compiles kernels and warms caches
         step = sum(r["timing/step_s"] for r in rows) / len(rows)
         row = {"games": n, "step_s": step, "games_per_s": n / step,

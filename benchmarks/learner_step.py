@@ -19,6 +19,7 @@ from pathlib import Path
 
 from _common import cpu_name, timed_train_cli
 
+from selfredteam.fsutil import read_jsonl
 from selfredteam.policy.hf import cpu_has_native_bf16
 
 COLUMNS = [
@@ -51,7 +52,7 @@ def main() -> None:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - t0
         rss_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = read_jsonl(out / "metrics.jsonl")
         runtime = json.loads((out / "runtime.json").read_text())
     print(f"`train --preset cpu-demo`, {args.steps} step(s) of 8 games; {cpu_name()}; dtype {runtime['dtype']} "
           f"({runtime['why']}); wall {wall:.0f} s incl. loading, peak RSS {rss_gib:.2f} GiB\n")

@@ -8,8 +8,9 @@ Prints first-5 vs last-5 step means of the key numbers (the issue's learning cri
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from selfredteam.fsutil import read_jsonl
 
 KEYS = [
     ("reward/defender_mean", "defender mean reward"),
@@ -22,7 +23,7 @@ KEYS = [
 
 
 def load(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return read_jsonl(run / "metrics.jsonl")
 
 
 def mean(xs: list) -> float | None:

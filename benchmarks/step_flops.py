@@ -39,6 +39,8 @@ from _common import cpu_name, timed_train_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count
 
+from selfredteam.fsutil import read_jsonl
+
 FP16_PACK = "fp16-pack GEMM"
 ATTENTION = "attention"
 PHASES = [  # (phase as Timings names it, column title, metrics key of its measured seconds)
@@ -252,8 +254,8 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--out", str(counted),
                         "--count-into", str(into), *[x for s in args.set for x in ("--set", s)]],
                        check=True, stdout=subprocess.DEVNULL)
-        metrics = [json.loads(line) for line in (timed / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        check = [json.loads(line) for line in (counted / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        metrics = read_jsonl(timed / "metrics.jsonl")
+        check = read_jsonl(counted / "metrics.jsonl")
         counts = json.loads(into.read_text())
     flop_rows = counts["rows"]
     rates = {k: (before[k] + after[k]) / 2 for k in before}
