@@ -56,3 +56,9 @@ def timed_train_cli(out: Path, steps: int, sets: list[str], root: str | Path | N
     for s in sets:
         cmd += ["--set", s]
     return cmd
+
+
+def step_tokens(row: dict) -> int:
+    """The response tokens a `train` step generated, from its metrics row (`perf/tokens_per_s` x
+    `timing/generate_s`): how much sampling work the step did, to compare two runs' steps."""
+    return round(row.get("perf/tokens_per_s", 0.0) * row["timing/generate_s"])

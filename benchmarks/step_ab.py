@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import cpu_name, timed_train_cli
+from _common import cpu_name, step_tokens, timed_train_cli
 
 from selfredteam.fsutil import cache_dir
 
@@ -96,7 +96,7 @@ class Side:
                    "learn": (start + play, start + play + row["timing/learn_s"])}
             # Each code samples its own games after step 1 (and before it too, where the sampling differs):
             # the tokens say how much each step generated.
-            tokens = round(row.get("perf/tokens_per_s", 0.0) * row["timing/generate_s"])
+            tokens = step_tokens(row)
             out.append({k: (b - a) - overlap(self.pauses, a, b) for k, (a, b) in cut.items()}
                        | {"stopped": overlap(self.pauses, start, end), "n": row["step"], "tokens": tokens})
         return out

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import cpu_name, timed_train_cli
+from _common import cpu_name, step_tokens, timed_train_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count
 
@@ -55,8 +55,9 @@ PHASES = [  # (phase as Timings names it, column title, metrics key of its measu
 """A step's phases. Products under `step` or `learn` outside these (none, today) are reported as `other`."""
 
 
-def _gemm(t: torch.Tensor) -> str:
-    return f"{str(t.dtype).removeprefix('torch.')} GEMM"
+def _gemm(dtype: torch.dtype) -> str:
+    """The kernel name of a product in `dtype` ("float32 GEMM"), as counted and as probed."""
+    return f"{str(dtype).removeprefix('torch.')} GEMM"
 
 
 def _kernel_and_flops(func: Any, args: tuple, kwargs: dict, out: Any) -> tuple[str, int] | None:
@@ -70,9 +71,9 @@ def _kernel_and_flops(func: Any, args: tuple, kwargs: dict, out: Any) -> tuple[s
     if packet is torch.ops.quantized.linear_dynamic_fp16:
         return FP16_PACK, 2 * args[0].numel() * out.shape[-1]
     if packet is torch.ops.aten.linear:
-        return _gemm(args[0]), 2 * args[0].numel() * args[1].shape[0]
+        return _gemm(args[0].dtype), 2 * args[0].numel() * args[1].shape[0]
     if packet is torch.ops.aten.matmul:
-        return _gemm(args[0]), 2 * out.numel() * args[0].shape[-1]
+        return _gemm(args[0].dtype), 2 * out.numel() * args[0].shape[-1]
     if packet in (torch.ops.aten.scaled_dot_product_attention, torch.ops.aten._scaled_dot_product_flash_attention_for_cpu):
         return ATTENTION, 4 * args[0].numel() * args[1].shape[-2]
     if packet is torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
@@ -84,7 +85,7 @@ def _kernel_and_flops(func: Any, args: tuple, kwargs: dict, out: Any) -> tuple[s
         return ATTENTION, formula(*args, **kwargs, out_val=out)
     # mm(a, b), bmm(a, b); addmm(bias, a, b), baddbmm(bias, a, b): the product's dtype is a's.
     a = args[1] if packet in (torch.ops.aten.addmm, torch.ops.aten.baddbmm) else args[0]
-    return _gemm(a), formula(*args, **kwargs, out_val=out)
+    return _gemm(a.dtype), formula(*args, **kwargs, out_val=out)
 
 
 PRODUCT_WORDS = ("mm", "linear", "matmul", "attention", "conv", "einsum", "dot")
@@ -185,7 +186,7 @@ def probe_rates() -> dict[str, float]:
     rates = {}
     for dt in [torch.float32, *([torch.bfloat16] if cpu_has_native_bf16() else [])]:
         a, b = torch.randn(1024, 896, dtype=dt), torch.randn(896, 4864, dtype=dt)
-        rates[f"{str(dt).removeprefix('torch.')} GEMM"] = rate(lambda a=a, b=b: a @ b, 2 * 1024 * 896 * 4864, 10)
+        rates[_gemm(dt)] = rate(lambda a=a, b=b: a @ b, 2 * 1024 * 896 * 4864, 10)
     if fp16_gemm_available():
         shapes = [(896, 896), (128, 896), (128, 896), (896, 896), (4864, 896), (4864, 896), (896, 4864)] * 24
         shapes.append((151936, 896))
@@ -230,10 +231,6 @@ def table(flop_rows: list[dict[str, Any]], metrics: list[dict[str, Any]], rates:
     return lines
 
 
-def _tokens(row: dict[str, Any]) -> int:
-    return round(row.get("perf/tokens_per_s", 0.0) * row.get("timing/generate_s", 0.0))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2)
@@ -263,7 +260,7 @@ def main() -> None:
     print("rates (GFLOP/s, before / after the timed run): " + ", ".join(
         f"{k} {before[k] / 1e9:.1f} / {after[k] / 1e9:.1f}" for k in sorted(before)))
     print("response tokens per step, timed / counted run (equal = the same games): "
-          + ", ".join(f"{_tokens(a)} / {_tokens(b)}" for a, b in zip(metrics, check)))
+          + ", ".join(f"{step_tokens(a)} / {step_tokens(b)}" for a, b in zip(metrics, check)))
     print("ops named like products that no formula counted: " + (", ".join(
         f"{k} x{n}" for k, n in sorted(counts["uncounted"].items())) or "none") + "\n")
     print("\n".join(table(flop_rows, metrics, rates)))
