@@ -34,6 +34,11 @@ class ModelConfig:
     """`auto`: bf16 on CUDA; on CPU bf16 only with native bf16 instructions, else fp32 (faster there)."""
     device: str = "auto"
     trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    """The transformers attention kernel of the transformers backend (`eager`, `sdpa`,
+    `flash_attention_2`, ...; None: transformers' choice, `sdpa` where torch has it). Why a key: a
+    kernel that misbehaves on one device and dtype is swapped from the command line, and `eager`
+    is the reference to compare it with (a bf16 CUDA warm-up skipped NaN steps, BENCHMARKS.md)."""
     cpu_fp16_weights: bool = True
     """On CPU, decode steps read the frozen weights as packed fp16 (fbgemm, fp32 accumulation), in
     fp32 and in bf16 models: decode is bound by reading weights, and half the bytes is faster with

@@ -105,3 +105,27 @@ def test_openai_policy_falls_back_to_plain_requests_and_rebuilds_the_cot():
     from selfredteam.game.cot import parse_cot
 
     assert parse_cot(gens[0].text).valid
+
+
+def test_attn_implementation_reaches_transformers_and_a_wrong_one_is_a_clear_error(tiny_model_dir):
+    """`model.attn_implementation` picks the kernel (eager: the reference to compare sdpa with, e.g.
+    on a device whose kernel misbehaves), computes the same logits, is recorded in runtime.json,
+    and a name transformers does not know stops with the key named."""
+    import torch
+
+    from selfredteam.errors import UserError
+    from selfredteam.policy.hf import load_model_and_tokenizer
+    from selfredteam.policy.runtime import runtime_info
+
+    cpu, path = torch.device("cpu"), str(tiny_model_dir)
+    eager, _ = load_model_and_tokenizer(ModelConfig(name_or_path=path, attn_implementation="eager"), cpu, torch.float32)
+    default, _ = load_model_and_tokenizer(ModelConfig(name_or_path=path), cpu, torch.float32)
+    assert eager.config._attn_implementation == "eager" and default.config._attn_implementation == "sdpa"
+    ids, mask = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]]), torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        a, b = (m(input_ids=ids, attention_mask=mask).logits for m in (eager, default))
+    assert torch.allclose(a[mask.bool()], b[mask.bool()], atol=1e-5)
+    assert runtime_info(ModelConfig(attn_implementation="eager"))["attn_implementation"] == "eager"
+    assert "attn_implementation" not in runtime_info(ModelConfig())
+    with pytest.raises(UserError, match="model.attn_implementation='no-such-kernel' cannot load"):
+        load_model_and_tokenizer(ModelConfig(name_or_path=path, attn_implementation="no-such-kernel"), cpu, torch.float32)

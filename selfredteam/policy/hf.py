@@ -134,16 +134,30 @@ def resolve_model_source(name_or_path: str, gguf_file: str | None = None) -> tup
     return name_or_path, {"use_safetensors": True}
 
 
+def load_causal_lm(cfg: ModelConfig, source: str, dtype: torch.dtype, **extra: Any) -> Any:
+    """`AutoModelForCausalLM.from_pretrained` with the model section's loading options (remote
+    code, attention kernel), for every place that loads the policy's weights."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.attn_implementation:
+        extra["attn_implementation"] = cfg.attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                                    **extra)
+    except (ValueError, ImportError) as e:
+        if not cfg.attn_implementation:
+            raise
+        raise UserError(f"model.attn_implementation={cfg.attn_implementation!r} cannot load {source}: {e}") from None
+
+
 def load_model_and_tokenizer(cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     source, extra = resolve_model_source(cfg.name_or_path, cfg.gguf_file)
     tok_extra = {"gguf_file": extra["gguf_file"]} if "gguf_file" in extra else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **tok_extra)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
-        )
+        model = load_causal_lm(cfg, source, dtype, **extra)
     except OSError as e:
         raise UserError(
             f"Could not load model {cfg.name_or_path!r}: {e}. Pass `embedded`, a local HF dir, a .gguf "

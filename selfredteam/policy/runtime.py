@@ -75,6 +75,8 @@ def runtime_info(model: ModelConfig, threads: int = 0) -> dict[str, Any]:
     info: dict[str, Any] = {"backend": "transformers", "device": str(device),
                             "dtype": str(dtype).removeprefix("torch."), "why": why,
                             "threads": threads if threads > 0 else os.cpu_count(), "torch": torch.__version__}
+    if model.attn_implementation:
+        info["attn_implementation"] = model.attn_implementation
     if device.type == "cpu":
         info |= {"cpu": cpu_name(), "cpu_bf16_flags": cpu_bf16_flags(),
                  "fp16_weights": bool(model.cpu_fp16_weights and dtype in (torch.float32, torch.bfloat16)

@@ -73,16 +73,15 @@ def load_merged(checkpoint: Path, role: str = "defender", dtype: Any = None) -> 
     merged into the base weights, or the full fine-tuned weights."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    from selfredteam.policy.hf import load_model_and_tokenizer
+    from selfredteam.policy.hf import load_causal_lm, load_model_and_tokenizer
 
     dtype = dtype or torch.float32
     ckpt = find_checkpoint(checkpoint)
     saved = read_state(ckpt)["config"]
     model_cfg = ModelConfig(**saved["model"])
     if (ckpt / "model").is_dir():
-        model = AutoModelForCausalLM.from_pretrained(str(ckpt / "model"), use_safetensors=True, dtype=dtype)
+        model = load_causal_lm(model_cfg, str(ckpt / "model"), dtype, use_safetensors=True)
         _, tokenizer = load_model_and_tokenizer(model_cfg, torch.device("cpu"), dtype)
         return model, tokenizer, ckpt
     base, tokenizer = load_model_and_tokenizer(model_cfg, torch.device("cpu"), dtype)

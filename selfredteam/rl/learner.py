@@ -99,6 +99,22 @@ def decision_bce(refuse_logp: torch.Tensor, labels: list[str], answer_weight: fl
     return (per_row * on).sum()
 
 
+def nonfinite_grads(model: torch.nn.Module, show: int = 3) -> str:
+    """Which trainable tensors' gradients hold a NaN or inf, for the log of a skipped step: one
+    layer's attention, the top layer only, or every tensor point to different causes (a kernel, an
+    overflow in one place, a bad loss), and the step's gradients are dropped right after."""
+    named = [(n, p.grad) for n, p in model.named_parameters() if p.requires_grad and p.grad is not None]
+    if not named:
+        return "no trainable tensor with a gradient"
+    bad_flags = torch.stack([~torch.isfinite(_local(g)).all() for _, g in named]).tolist()  # one sync
+    bad = [n.removeprefix("base_model.model.").removeprefix("model.").removesuffix(".weight")
+           for (n, _), flag in zip(named, bad_flags) if flag]
+    if not bad:
+        return f"none of {len(named)} trainable tensors (each gradient finite: their norm overflowed)"
+    more = f" and {len(bad) - show} more" if len(bad) > show else ""
+    return f"{len(bad)} of {len(named)} trainable tensors: {', '.join(bad[:show])}{more}"
+
+
 def row_weight(label: str, answer_weight: float) -> float:
     """An SFT row's weight in the loss: `answer_weight` (train.sft.answer_weight) for an answer row
     (label benign), 1 for every other row."""
@@ -161,6 +177,8 @@ class Learner:
         self.skipped_steps = 0
         """Optimizer steps skipped because their gradient was not finite (`_step`), this process's run."""
         self.nonfinite_streak = 0
+        self.nonfinite_where = ""
+        """The last skipped step's trainable tensors with a non-finite gradient (`nonfinite_grads`)."""
         self.decision_stats: dict[str, float] = {}
         """The last SFT pass's mean P(refuse) at the decision point per label, and its decision BCE."""
         self.lockstep = self.fsdp or self.engine is not None
@@ -364,18 +382,27 @@ class Learner:
         if self.engine is not None:
             self.engine.step()  # clips by the config's gradient_clipping, then updates
             return float(self.engine.get_global_grad_norm() or 0.0)
-        gn = torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.cfg.max_grad_norm)
+        params, utils = self.policy.trainable_parameters(), torch.nn.utils
+        split = hasattr(utils, "get_total_norm")  # torch >= 2.6: clip_grad_norm_'s two halves
+        gn = utils.get_total_norm([p.grad for p in params if p.grad is not None]) if split else \
+            utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
         norm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # a DTensor under FSDP
         if not math.isfinite(norm):  # the same on every process: the norm is global
+            # Named before the gradients are dropped and, with the split, before a clip by a NaN
+            # norm makes every one of them NaN.
+            self.nonfinite_where = nonfinite_grads(self.policy.model)
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             self.nonfinite_streak += 1
             if self.nonfinite_streak >= NONFINITE_LIMIT:
                 raise TrainingDiverged(
                     f"The gradient was {norm} for {self.nonfinite_streak} optimizer steps in a row (each skipped, "
-                    f"{self.skipped_steps} in this run; the weights are still finite). Lower train.lr, or "
+                    f"{self.skipped_steps} in this run; the weights are still finite; the last one in "
+                    f"{self.nonfinite_where}). Lower train.lr, or "
                     "train in float32 (model.dtype=float32), and resume from the checkpoint.")
             return norm
+        if split:
+            utils.clip_grads_with_norm_(params, self.cfg.max_grad_norm, gn)
         self.nonfinite_streak = 0
         self.optimizer.step()
         return norm

@@ -386,6 +386,9 @@ def _learn(run: Run, step: int, samples: list[Sample]) -> dict[str, Any]:
     then the extensions see the new weights and a vLLM server loads the new adapter."""
     sft_coef = run.sft.coef(step) if run.sft else 0.0
     stats = run.learner.update(samples, run.sft.draw(run.rng) if run.sft and sft_coef > 0 else None, sft_coef)
+    if stats.get("loss/skipped_steps"):
+        run.log(f"[yellow]warning:[/] step {step + 1}: {stats['loss/skipped_steps']:.0f} optimizer step(s) skipped, "
+                f"the gradient not finite in {run.learner.nonfinite_where}.")
     run.extensions.after_update(step + 1, run.trainable)
     if run.rollout:  # the server samples the next step with this step's adapter
         try:
@@ -481,11 +484,15 @@ def _sft_warmup(run: Run, stop: StopFlag) -> dict[str, Any]:
     timings = Timings()
     nll: list[float] = []
     p_refuse: dict[str, list[float]] = {"harmful": [], "benign": []}
+    finite_loss_skips = 0
     t0 = time.perf_counter()
     with timings.timed("warmup"):
         while run.warmed < steps and not stop.requested:
             scale = peak * lr_decay_scale(run.cfg.train.sft.warmup_schedule, run.warmed, steps)
+            skipped = run.learner.skipped_steps
             step_nll = run.learner.sft_step(run.sft.draw(run.rng), lr_scale=scale)
+            # A finite loss with a non-finite gradient: the backward pass went wrong, not the data.
+            finite_loss_skips += run.learner.skipped_steps > skipped and math.isfinite(step_nll)
             run.warmed += 1
             stop.requested = run.any_process(stop.requested)
             if math.isfinite(step_nll):  # else a skipped step (Learner._step): nothing to average
@@ -504,8 +511,10 @@ def _sft_warmup(run: Run, stop: StopFlag) -> dict[str, Any]:
             f"{_refusal_odds(p_refuse, every)} ({timings.seconds['warmup']:.0f} s).")
     last = {f"warmup/p_refuse_{k}_last": _recent_mean(v, every) for k, v in p_refuse.items() if v}
     if run.learner.skipped_steps:
-        run.log(f"SFT warm start: {run.learner.skipped_steps} steps skipped, their gradient not finite.")
+        run.log(f"SFT warm start: {run.learner.skipped_steps} steps skipped, their gradient not finite "
+                f"({finite_loss_skips} of them with a finite loss); the last one's in {run.learner.nonfinite_where}.")
         last["warmup/skipped_steps"] = run.learner.skipped_steps
+        last["warmup/skipped_finite_loss"] = finite_loss_skips
     return {"warmup/sft_steps": run.warmed, "warmup/sft_nll_first": nll[0], "warmup/sft_nll_last": nll[-1]} | last | \
         timings.metrics()
 

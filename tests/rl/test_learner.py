@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from selfredteam.config import TrainConfig
-from selfredteam.rl.learner import Learner, Sample
+from selfredteam.rl.learner import Learner, Sample, nonfinite_grads
 from selfredteam.rl.logprobs import pack, response_logprobs
 from selfredteam.rl.model import LORA_TARGETS, TrainablePolicy
 from tests.rl.tiny import TOKENIZER, tiny_model
@@ -416,6 +416,29 @@ def test_answer_weight_weighs_answer_rows_in_the_nll_and_the_decision_term(norma
     even = -(tok_lp.sum() / batch.response_mask.sum()) if normalize == "token" else \
         -(tok_lp.sum(1) / batch.response_mask.sum(1)).mean()
     assert abs(plain.sft_backward(rows, 1.0) - float(even)) < 1e-5
+
+
+def test_a_skipped_step_names_the_tensors_whose_gradient_went_non_finite():
+    """Where a NaN sits is the first clue to its cause (one attention kernel, the top layer, every
+    tensor), and the step's gradients are dropped right after: the learner keeps the names."""
+    policy = lora_policy(0)
+    for p in policy.trainable_parameters():
+        p.grad = torch.zeros_like(p)
+    named = dict(policy.model.named_parameters())
+    q = "base_model.model.model.layers.1.self_attn.q_proj.lora_B.default.weight"
+    named[q].grad[0, 0] = float("inf")
+    total = len(policy.trainable_parameters())
+    assert nonfinite_grads(policy.model) == f"1 of {total} trainable tensors: layers.1.self_attn.q_proj.lora_B.default"
+    named[q].grad[0, 0] = 1e30  # finite, but its square overflows the norm
+    assert nonfinite_grads(policy.model).startswith(f"none of {total} trainable tensors")
+
+    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
+    rows[0].weights = [float("nan")] * len(rows[0].response_ids)
+    learner = Learner(policy, TrainConfig(lr=1e-2, micro_batch_size=2))
+    learner.sft_step(rows)
+    assert learner.skipped_steps == 1
+    assert learner.nonfinite_where.startswith(f"{total} of {total} trainable tensors: layers.0.")
+    assert learner.nonfinite_where.endswith(f"and {total - 3} more")
 
 
 def test_a_step_with_a_nan_gradient_is_skipped_and_counted():

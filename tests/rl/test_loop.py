@@ -181,6 +181,16 @@ def test_generation_logprobs_match_the_learner(tiny_model_dir, temperature, dtyp
     """The 'old' log-probs recorded while sampling equal the learner's own forward pass, in both CPU
     dtypes that `model.dtype=auto` can pick (bf16 is forced here, so a CPU without native bf16 checks
     that path too, slowly)."""
+    _logprobs_match(tiny_model_dir, temperature, f"model.dtype={dtype}")
+
+
+def test_generation_logprobs_match_the_learner_under_the_eager_kernel(tiny_model_dir):
+    """`model.attn_implementation=eager`: the sampler's own prefill masks and growing cache run
+    under transformers' reference kernel as under sdpa."""
+    _logprobs_match(tiny_model_dir, 1.0, "model.dtype=float32", "model.attn_implementation=eager")
+
+
+def _logprobs_match(tiny_model_dir, temperature, *sets):
     import torch
 
     from selfredteam.game.prompts import attacker_turn, defender_turn
@@ -189,9 +199,11 @@ def test_generation_logprobs_match_the_learner(tiny_model_dir, temperature, dtyp
     from selfredteam.rl.learner import Learner, Sample
     from selfredteam.rl.model import build_trainable
 
-    cfg = cfg_for(tiny_model_dir, f"model.dtype={dtype}")
+    cfg = cfg_for(tiny_model_dir, *sets)
     trainable = build_trainable(cfg)
+    dtype = cfg.model.dtype
     assert next(trainable.model.parameters()).dtype == getattr(torch, dtype)
+    assert trainable.model.config._attn_implementation == (cfg.model.attn_implementation or "sdpa")
     sampler = TransformersPolicy(trainable.model, trainable.tokenizer, "tiny", batch_size=4)
     torch.manual_seed(0)
     with trainable.sampling():
@@ -476,8 +488,49 @@ def test_a_gradient_that_stays_nan_stops_the_warm_up_with_finite_weights_saved(t
     monkeypatch.setattr(Learner, "sft_backward", poisoned)
     monkeypatch.setattr("selfredteam.rl.learner.NONFINITE_LIMIT", 3)
     out, logs = tmp_path / "run", []
-    with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row .* --resume"):
+    with pytest.raises(TrainingDiverged, match="3 optimizer steps in a row .* the last one in 1 of .* --resume"):
         train(cfg, out, judge=FakeJudge(), log=logs.append)
     state = json.loads((out / "checkpoints" / "step_0" / "state.json").read_text())
     assert len(calls) == 6 and state["sft_warmup_done"] == 5  # the 6th step raised before it counted
     assert all(torch.isfinite(t).all() for t in _adapter(out, 0).values())
+
+
+def test_an_rl_step_that_skipped_its_update_says_where(tiny_model_dir, tmp_path, monkeypatch):
+    from selfredteam.rl.learner import Learner
+
+    backward = Learner._backward
+
+    def poisoned(self, loss):
+        backward(self, loss)
+        self.policy.trainable_parameters()[0].grad.fill_(float("nan"))
+
+    monkeypatch.setattr(Learner, "_backward", poisoned)
+    logs = []
+    last = train(cfg_for(tiny_model_dir, steps=1), tmp_path / "run", judge=FakeJudge(), log=logs.append)
+    n = last["loss/skipped_steps"]
+    assert n >= 1  # every optimizer step of the update (its train batches)
+    assert any(f"step 1: {n:.0f} optimizer step(s) skipped, the gradient not finite in 1 of " in line for line in logs)
+
+
+def test_a_warm_up_that_skipped_steps_says_where_and_whether_the_loss_was_finite(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    """A finite loss with a NaN gradient points at the backward pass, not at the rows: the warm-up
+    counts such skips and names the tensors of the last one (the CUDA bf16 NaN was not isolated)."""
+    from selfredteam.rl.learner import Learner
+
+    cfg = cfg_for(tiny_model_dir, f"train.sft.data={_chat_rows(tmp_path)}", "train.sft.warmup_steps=3", steps=0)
+    backward, calls = Learner.sft_backward, []
+
+    def poisoned(self, sft, coef):
+        calls.append(1)
+        nll = backward(self, sft, coef)
+        if len(calls) == 2:
+            self.policy.trainable_parameters()[0].grad.fill_(float("nan"))
+        return nll
+
+    monkeypatch.setattr(Learner, "sft_backward", poisoned)
+    logs = []
+    last = train(cfg, tmp_path / "run", judge=FakeJudge(), log=logs.append)
+    assert last["warmup/skipped_steps"] == 1 and last["warmup/skipped_finite_loss"] == 1
+    said = next(line for line in logs if "skipped" in line)
+    assert "(1 of them with a finite loss); the last one's in 1 of " in said and "lora_A" in said
