@@ -25,12 +25,14 @@ formulas, causal masking not halved). Counting slows the second run; only its FL
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +116,15 @@ class FlopTally(TorchDispatchMode):
     def leave(self) -> None:
         self.stack.pop()
 
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """`enter` and `leave` around a block, also when it raises."""
+        self.enter(name)
+        try:
+            yield
+        finally:
+            self.leave()
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -132,8 +143,6 @@ class FlopTally(TorchDispatchMode):
 
 def count_train(out: Path, steps: int, sets: list[str], into: Path) -> None:
     """Run `train --preset cpu-demo` in this process under a `FlopTally`; write its rows to `into`."""
-    import contextlib
-
     from selfredteam.cli import app
     from selfredteam.judges.embedded import EmbeddedJudge
     from selfredteam.rl import timing
@@ -143,19 +152,12 @@ def count_train(out: Path, steps: int, sets: list[str], into: Path) -> None:
 
     @contextlib.contextmanager
     def timed(self, phase: str):  # noqa: ANN001, ANN202
-        tally.enter(phase)
-        try:
-            with plain_timed(self, phase):
-                yield
-        finally:
-            tally.leave()
+        with tally.phase(phase), plain_timed(self, phase):
+            yield
 
     def judge(self, pairs):  # noqa: ANN001, ANN202
-        tally.enter("judge")
-        try:
+        with tally.phase("judge"):
             return plain_judge(self, pairs)
-        finally:
-            tally.leave()
 
     timing.Timings.timed, EmbeddedJudge.judge = timed, judge
     args = timed_train_cli(out, steps, sets)[3:]  # the same arguments, without the interpreter and entry
@@ -203,7 +205,7 @@ def probe_rates() -> dict[str, float]:
 
 def floor_seconds(by_kernel: dict[str, int], rates: dict[str, float]) -> float:
     """Seconds for these FLOPs at the measured rates; attention and unprobed dtypes at the fp32 GEMM's."""
-    return sum(n / rates.get(k, rates["float32 GEMM"]) for k, n in by_kernel.items())
+    return sum(n / rates.get(k, rates[_gemm(torch.float32)]) for k, n in by_kernel.items())
 
 
 def table(flop_rows: list[dict[str, Any]], metrics: list[dict[str, Any]], rates: dict[str, float]) -> list[str]:
