@@ -125,26 +125,6 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     return json.loads((ckpt / "state.json").read_text())
 
 
-def load_weights(ckpt: Path, policy: Any) -> None:
-    """The checkpoint's weights into the (not yet sharded) model, in place."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    if policy.is_lora:
-        adapter_dir = ckpt / "adapter"
-        # save_pretrained writes the default adapter at the top level and others in subdirs.
-        for name in policy.model.peft_config:
-            d = adapter_dir if name == "default" else adapter_dir / name
-            weights = load_file(str(d / "adapter_model.safetensors"))
-            set_peft_model_state_dict(policy.model, weights, adapter_name=name)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        loaded = AutoModelForCausalLM.from_pretrained(str(ckpt / "model"), use_safetensors=True,
-                                                      dtype=next(policy.model.parameters()).dtype)
-        policy.model.load_state_dict(loaded.state_dict())
-
-
 def load_training_state(ckpt: Path, learner: Any, rng: random.Random) -> dict[str, Any]:
     """Optimizer, scheduler and RNGs in place (after the learner prepared the model); the saved state."""
     import torch
@@ -169,9 +149,3 @@ def load_extensions(ckpt: Path) -> dict[str, Any]:
         path = ckpt / "variants.safetensors"
         state["opponents"]["tensors"] = load_file(str(path)) if path.is_file() else {}
     return state
-
-
-def load_checkpoint(ckpt: Path, policy: Any, learner: Any, rng: random.Random) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNGs in place (single process); the saved state."""
-    load_weights(ckpt, policy)
-    return load_training_state(ckpt, learner, rng)

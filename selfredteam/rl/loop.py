@@ -29,7 +29,6 @@ from selfredteam.checkpoint import (
     find_checkpoint,
     load_extensions,
     load_training_state,
-    load_weights,
     read_state,
     save_checkpoint,
 )
@@ -279,7 +278,7 @@ def build_run(cfg: Config, out: Path, resume: Path | None, judge: Judge | None, 
     rank = accelerator.process_index if accelerator else 0
     trainable = build_trainable(cfg, device=accelerator.device if accelerator else None)
     if ckpt:  # weights before the learner: FSDP shards the model when it prepares it
-        load_weights(ckpt, trainable)
+        trainable.load_saved(ckpt, cfg.model)
     learner = Learner(trainable, t, accelerator, temperature=g.temperature)
     sampler = TransformersPolicy(trainable.model, trainable.tokenizer, cfg.model.name_or_path, g.batch_size,
                                  g.max_prompt_length)

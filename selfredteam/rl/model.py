@@ -13,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from selfredteam.config import Config
+from selfredteam.config import Config, ModelConfig
 from selfredteam.errors import ConfigError
 from selfredteam.policy.cpu_fastpath import uses_fp16_weights
 from selfredteam.policy.decode import record_outputs
 from selfredteam.policy.hf import (
+    load_causal_lm,
     load_model_and_tokenizer,
     resolve_device,
     resolve_dtype,
@@ -144,6 +146,22 @@ class TrainablePolicy:
         weights_for_save returned (every process gathers, the main one writes), None when unsharded."""
         self.model.save_pretrained(str(path), safe_serialization=True,
                                    **({"state_dict": weights} if weights is not None else {}))
+
+    def load_saved(self, ckpt: Path, model_cfg: ModelConfig) -> None:
+        """A checkpoint's weights (what save_pretrained wrote) into the not yet sharded model, in
+        place. Full weights load through the policy's own loader (`load_causal_lm`), so a model
+        that needs `model.trust_remote_code` resumes the way it first loaded."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if not self.is_lora:
+            saved = load_causal_lm(model_cfg, str(ckpt / "model"), next(self.model.parameters()).dtype,
+                                   use_safetensors=True)
+            self.model.load_state_dict(saved.state_dict())
+            return
+        for name in self.model.peft_config:  # save_pretrained writes the default adapter on top, others in subdirs
+            d = ckpt / "adapter" / ("" if name == "default" else name)
+            set_peft_model_state_dict(self.model, load_file(str(d / "adapter_model.safetensors")), adapter_name=name)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         if self.is_lora:

@@ -95,7 +95,6 @@ def test_sharded_checkpoint_resumes_exactly_in_one_process(tmp_path, tiny_model_
     from selfredteam.checkpoint import (
         find_checkpoint,
         load_training_state,
-        load_weights,
         save_checkpoint,
     )
     from selfredteam.config import load_config
@@ -112,7 +111,7 @@ def test_sharded_checkpoint_resumes_exactly_in_one_process(tmp_path, tiny_model_
     ckpt = find_checkpoint(run)
     cfg = load_config("cpu-demo", overrides=sets + ["train.steps=1"])
     policy = build_trainable(cfg)
-    load_weights(ckpt, policy)
+    policy.load_saved(ckpt, cfg.model)
     learner = Learner(policy, cfg.train)
     import random
 

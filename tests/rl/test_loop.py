@@ -43,11 +43,15 @@ def test_role_modes_run_two_steps(tiny_model_dir, tmp_path, extra):
         assert all(not json.loads(x)["revised"] for x in (out / "games" / "step_1.jsonl").read_text().splitlines())
 
 
-def test_resume_reproduces_the_next_step_exactly(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["train.full_finetune=true"]], ids=["lora", "full"])
+def test_resume_reproduces_the_next_step_exactly(tiny_model_dir, tmp_path, extra):
+    """LoRA adapters, or full weights (the paper-8b preset's mode; they load back through the
+    policy's own loader, `TrainablePolicy.load_saved`)."""
     full, part = tmp_path / "full", tmp_path / "part"
-    train(cfg_for(tiny_model_dir, steps=3), full, judge=FakeJudge(), log=lambda *a: None)
-    train(cfg_for(tiny_model_dir, steps=2), part, judge=FakeJudge(), log=lambda *a: None)
-    train(cfg_for(tiny_model_dir, steps=3), part, resume=part, judge=FakeJudge(), log=lambda *a: None)
+    train(cfg_for(tiny_model_dir, *extra, steps=3), full, judge=FakeJudge(), log=lambda *a: None)
+    train(cfg_for(tiny_model_dir, *extra, steps=2), part, judge=FakeJudge(), log=lambda *a: None)
+    assert (part / "checkpoints" / "step_2" / ("model" if extra else "adapter")).is_dir()
+    train(cfg_for(tiny_model_dir, *extra, steps=3), part, resume=part, judge=FakeJudge(), log=lambda *a: None)
     a, b = read_metrics(full)[-1], read_metrics(part)[-1]
     assert a["step"] == b["step"] == 3
     for key in ("loss/policy", "kl/mean", "reward/defender_mean", "loss/grad_norm"):
