@@ -240,6 +240,8 @@ def train(cfg: Config, out: Path, resume: Path | None = None, judge: Judge | Non
                 break
             last = train_step(run, step)
             run.done = step + 1
+            if step == run.start + 1 and run.is_main:  # step 1 of a start pays warm-ups; step 2 sets the pace
+                _forecast_time_limit(run, time.perf_counter() - started, last.get("timing/step_s", 0.0))
             if progress and run.is_main:
                 progress(step + 1, t.steps, last)
             stop.requested = run.any_process(stop.requested)
@@ -401,9 +403,38 @@ def _learn(run: Run, step: int, samples: list[Sample]) -> dict[str, Any]:
 
 def _out_of_time(limit_min: float, started: float, step_s: float, run: Run) -> bool:
     """Would one more step (as long as the last) end past the limit? (All processes agree.)"""
-    if not limit_min:
+    if not limit_min:  # no limit: no collective call either
         return False
-    return run.any_process(time.perf_counter() - started + step_s > 60 * limit_min)
+    return run.any_process(_past_limit(limit_min, time.perf_counter() - started, step_s))
+
+
+def _past_limit(limit_min: float, elapsed_s: float, step_s: float) -> bool:
+    """The time limit's one rule: a step that would end past `limit_min` (0: none) is not started."""
+    return bool(limit_min) and elapsed_s + step_s > 60 * limit_min
+
+
+def time_limit_stop(limit_min: float, elapsed_s: float, step_s: float, done: int, total: int) -> int | None:
+    """The step a run will stop after if the steps left each take `step_s` (the loop's own rule,
+    `_past_limit`); None when all `total` fit."""
+    while done < total and not _past_limit(limit_min, elapsed_s, step_s):
+        elapsed_s += step_s
+        done += 1
+    return done if done < total else None
+
+
+def _forecast_time_limit(run: Run, elapsed_s: float, step_s: float) -> None:
+    """Say early that the time limit will cut this run short. A user on a slow machine otherwise
+    learns it when the run stops, 18 minutes in on the cpu-demo preset, having trained a shorter
+    run than the one they asked for (issue 30)."""
+    t = run.cfg.train
+    stop_at = time_limit_stop(t.time_limit_min, elapsed_s, step_s, run.done, t.steps)
+    if stop_at is None:
+        return
+    need_min = (elapsed_s + (t.steps - run.done) * step_s) / 60
+    run.log(f"[yellow]note:[/] at {step_s:.0f} s a step, the {t.steps - run.start} steps of this start need about "
+            f"{need_min:.0f} min of training; train.time_limit_min={t.time_limit_min:g} will stop the run after about "
+            f"step {stop_at} of {t.steps}, with a checkpoint (--resume {run.out} trains the rest). To train them all in "
+            f"one go, start with --set train.time_limit_min={math.ceil(1.2 * need_min)} (0: no limit).")
 
 
 def _vllm_rollouts(cfg: Config, sampler: Any) -> Any | None:

@@ -538,3 +538,36 @@ def test_a_warm_up_that_skipped_steps_says_where_and_whether_the_loss_was_finite
     assert last["warmup/skipped_steps"] == 1 and last["warmup/skipped_finite_loss"] == 1
     said = next(line for line in logs if "skipped" in line)
     assert "(1 of them with a finite loss); the last one's in 1 of " in said and "lora_A" in said
+
+
+def test_time_limit_stop_follows_the_loops_own_rule():
+    from selfredteam.rl.loop import time_limit_stop
+
+    # Zen 1 (BENCHMARKS): ~150 s a step against cpu-demo's 18 minutes; that run stopped after step 7 of 20.
+    assert time_limit_stop(18, elapsed_s=300, step_s=150, done=2, total=20) == 7
+    assert time_limit_stop(18, elapsed_s=72, step_s=36, done=2, total=20) is None  # the faster AVX2 VM: all fit
+    assert time_limit_stop(0, elapsed_s=1e6, step_s=1e3, done=2, total=20) is None  # 0: no limit
+    assert time_limit_stop(1, elapsed_s=59, step_s=2, done=2, total=20) == 2  # the next step would end past it
+
+
+def test_a_run_the_time_limit_will_cut_short_says_so_after_its_second_step(tiny_model_dir, tmp_path, monkeypatch):
+    """The note comes once, after step 2, and names the step the run then really stops after.
+    The loop's clock is replaced by one that moves 100 s at each reading, so the limit bites."""
+    from selfredteam.rl import loop
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            self.now += 100.0
+            return self.now
+
+    monkeypatch.setattr(loop, "time", Clock())
+    out, logs = tmp_path / "run", []
+    last = train(cfg_for(tiny_model_dir, "train.time_limit_min=3", "train.sft.warmup_steps=0", steps=4), out,
+                 judge=FakeJudge(), log=logs.append)
+    notes = [str(x) for x in logs if "will stop the run after about" in str(x)]
+    assert len(notes) == 1, logs
+    assert "after about step 2 of 4" in notes[0] and f"--resume {out}" in notes[0]
+    assert "--set train.time_limit_min=" in notes[0]
+    assert last["run/stop_reason"] == "time_limit" and [r["step"] for r in read_metrics(out)] == [1, 2]
