@@ -344,16 +344,18 @@ class Learner:
         return out
 
     def sft_step(self, sft: list[Sample], lr_scale: float = 1.0) -> float:
-        """One optimizer step on the SFT loss alone (train.sft.warmup_steps) at `lr_scale` x the
-        current learning rate (train.sft.warmup_schedule), which the RL steps then get back;
-        returns the NLL."""
+        """One optimizer step on the SFT loss alone (train.sft.warmup_steps) at `lr_scale` x
+        train.lr (the warm-up's own peak and schedule: train.sft.lr, train.sft.warmup_schedule), then
+        the RL steps get their scheduled rate back; returns the NLL. Set from train.lr, not from
+        the current rate: before the first RL step that rate is the train.warmup_steps ramp's first
+        value, which would silently shrink every warm-up step by the ramp's length."""
         self.policy.model.eval()  # no dropout, as in the RL passes
         self._zero_grad()
         nll = self.sft_backward(sft, 1.0)
         groups = self.optimizer.param_groups
         rates = [g["lr"] for g in groups]
         for g in groups:
-            g["lr"] *= lr_scale
+            g["lr"] = self.cfg.lr * lr_scale
         try:
             self._step()
         finally:

@@ -242,6 +242,23 @@ def test_sft_step_scales_the_update_by_lr_scale_and_keeps_the_rate():
     torch.testing.assert_close(moved[1], 0.5 * moved[0], atol=1e-7, rtol=1e-4)
 
 
+def test_an_sft_warm_up_step_runs_at_its_own_rate_under_an_rl_warmup_ramp():
+    """With train.warmup_steps (the RL steps' ramp) the optimizer's rate before the first RL step
+    is train.lr / warmup_steps; a warm-up step still runs at lr_scale x train.lr (it once took
+    the ramp's rate: 4x too small here), and the ramp's rate is back after it."""
+    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
+    moved = []
+    for ramp in (0, 4):
+        policy = lora_policy(0)
+        before = lora_state(policy)
+        learner = Learner(policy, TrainConfig(lr=1e-2, micro_batch_size=2, warmup_steps=ramp))
+        learner.sft_step([copy.copy(s) for s in rows], lr_scale=0.5)
+        assert [g["lr"] for g in learner.optimizer.param_groups] == [1e-2 / max(ramp, 1)]
+        after = lora_state(policy)
+        moved.append(torch.cat([(after[k] - before[k]).flatten() for k in before]))
+    torch.testing.assert_close(moved[1], moved[0])
+
+
 @pytest.mark.parametrize("schedule", ["constant", "linear"])
 def test_the_rl_steps_rate_follows_train_lr_schedule_after_the_warmup_ramp(schedule):
     """train.lr_schedule: one scheduler step per RL update; the ramp (train.warmup_steps) and the
