@@ -225,38 +225,34 @@ def test_sft_rows_keep_their_trunk_states_and_train_the_same():
     assert all(torch.allclose(sa[k], sc[k], atol=1e-6) for k in sa)
 
 
+def _sft_step_move(lr_scale: float, **train) -> tuple[torch.Tensor, list[float]]:
+    """One SFT warm-up step on a fresh LoRA policy: how far its adapters moved (flattened), and
+    the optimizer's rates after it."""
+    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
+    policy = lora_policy(0)
+    before = lora_state(policy)
+    learner = Learner(policy, TrainConfig(lr=1e-2, micro_batch_size=2, **train))
+    learner.sft_step([copy.copy(s) for s in rows], lr_scale=lr_scale)
+    after = lora_state(policy)
+    return torch.cat([(after[k] - before[k]).flatten() for k in before]), [g["lr"] for g in learner.optimizer.param_groups]
+
+
 def test_sft_step_scales_the_update_by_lr_scale_and_keeps_the_rate():
     """train.sft.warmup_schedule: a warm-up step at half the rate moves the weights half as far (Adam's
     first step is lr x g / |g|), and the optimizer's rate is train.lr again after it (the RL steps
     and the LR scheduler read it)."""
-    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
-    moved = []
-    for scale in (1.0, 0.5):
-        policy = lora_policy(0)
-        before = lora_state(policy)
-        learner = Learner(policy, TrainConfig(lr=1e-2, micro_batch_size=2))
-        learner.sft_step([copy.copy(s) for s in rows], lr_scale=scale)
-        assert [g["lr"] for g in learner.optimizer.param_groups] == [1e-2]
-        after = lora_state(policy)
-        moved.append(torch.cat([(after[k] - before[k]).flatten() for k in before]))
-    torch.testing.assert_close(moved[1], 0.5 * moved[0], atol=1e-7, rtol=1e-4)
+    (full, full_rates), (half, half_rates) = _sft_step_move(1.0), _sft_step_move(0.5)
+    assert full_rates == half_rates == [1e-2]
+    torch.testing.assert_close(half, 0.5 * full, atol=1e-7, rtol=1e-4)
 
 
 def test_an_sft_warm_up_step_runs_at_its_own_rate_under_an_rl_warmup_ramp():
     """With train.warmup_steps (the RL steps' ramp) the optimizer's rate before the first RL step
     is train.lr / warmup_steps; a warm-up step still runs at lr_scale x train.lr (it once took
     the ramp's rate: 4x too small here), and the ramp's rate is back after it."""
-    rows = [Sample("defender", p, r, 0.0) for p, r in zip(PROMPTS, RESPONSES)]
-    moved = []
-    for ramp in (0, 4):
-        policy = lora_policy(0)
-        before = lora_state(policy)
-        learner = Learner(policy, TrainConfig(lr=1e-2, micro_batch_size=2, warmup_steps=ramp))
-        learner.sft_step([copy.copy(s) for s in rows], lr_scale=0.5)
-        assert [g["lr"] for g in learner.optimizer.param_groups] == [1e-2 / max(ramp, 1)]
-        after = lora_state(policy)
-        moved.append(torch.cat([(after[k] - before[k]).flatten() for k in before]))
-    torch.testing.assert_close(moved[1], moved[0])
+    (plain, plain_rates), (ramped, ramped_rates) = _sft_step_move(0.5), _sft_step_move(0.5, warmup_steps=4)
+    assert plain_rates == [1e-2] and ramped_rates == [1e-2 / 4]
+    torch.testing.assert_close(ramped, plain)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear"])
