@@ -57,6 +57,10 @@ PHASES = [  # (phase as Timings names it, column title, metrics key of its measu
 """A step's phases. Products under `step` or `learn` outside these (none, today) are reported as `other`."""
 
 
+ONEDNN_LINEAR_OP = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+"""oneDNN's linear, which `cpu_fastpath.frozen_linear` calls for many-row fp32 products on x86."""
+
+
 def _gemm(dtype: torch.dtype) -> str:
     """The kernel name of a product in `dtype` ("float32 GEMM"), as counted and as probed."""
     return f"{str(dtype).removeprefix('torch.')} GEMM"
@@ -72,7 +76,7 @@ def _kernel_and_flops(func: Any, args: tuple, kwargs: dict, out: Any) -> tuple[s
     packet = func._overloadpacket
     if packet is torch.ops.quantized.linear_dynamic_fp16:
         return FP16_PACK, 2 * args[0].numel() * out.shape[-1]
-    if packet is torch.ops.aten.linear:
+    if packet in (torch.ops.aten.linear, ONEDNN_LINEAR_OP):
         return _gemm(args[0].dtype), 2 * args[0].numel() * args[1].shape[0]
     if packet is torch.ops.aten.matmul:
         return _gemm(args[0].dtype), 2 * out.numel() * args[0].shape[-1]
@@ -170,11 +174,12 @@ def count_train(out: Path, steps: int, sets: list[str], into: Path) -> None:
 
 
 def probe_rates() -> dict[str, float]:
-    """This machine's FLOP/s per kernel: a GEMM of a prefill's shape ([1024, 896] x [896, 4864]) in fp32,
-    and in bf16 where the CPU has it natively (what `model.dtype=auto` computes in there); and one
+    """This machine's FLOP/s per kernel: a frozen linear of a prefill's shape ([1024, 896] x [896, 4864],
+    through `cpu_fastpath.frozen_linear`, the kernel prefill and the learner's forwards use) in fp32, and in
+    bf16 where the CPU has it natively (what `model.dtype=auto` computes in there); and one
     decode row-step's linears of the embedded model (24 layers + the 152k head) at 8 rows through
     fbgemm's fp16 pack."""
-    from selfredteam.policy.cpu_fastpath import fp16_gemm_available
+    from selfredteam.policy.cpu_fastpath import fp16_gemm_available, frozen_linear
     from selfredteam.policy.hf import cpu_has_native_bf16
 
     def rate(fn, flops: float, reps: int) -> float:
@@ -187,8 +192,8 @@ def probe_rates() -> dict[str, float]:
 
     rates = {}
     for dt in [torch.float32, *([torch.bfloat16] if cpu_has_native_bf16() else [])]:
-        a, b = torch.randn(1024, 896, dtype=dt), torch.randn(896, 4864, dtype=dt)
-        rates[_gemm(dt)] = rate(lambda a=a, b=b: a @ b, 2 * 1024 * 896 * 4864, 10)
+        a, w = torch.randn(1024, 896, dtype=dt), torch.randn(4864, 896, dtype=dt)
+        rates[_gemm(dt)] = rate(lambda a=a, w=w: frozen_linear(a, w), 2 * 1024 * 896 * 4864, 10)
     if fp16_gemm_available():
         shapes = [(896, 896), (128, 896), (128, 896), (896, 896), (4864, 896), (4864, 896), (896, 4864)] * 24
         shapes.append((151936, 896))

@@ -1,14 +1,17 @@
-"""The CPU fast paths: `W @ x^T` computes the same numbers, fp16 weights nearly the same, and
-each only runs where it should."""
+"""The CPU fast paths: `W @ x^T` and oneDNN compute the same numbers, fp16 weights nearly the same,
+and each only runs where it should."""
 
 import copy
 
 import pytest
 import torch
 
+import selfredteam.policy.cpu_fastpath as cpu_fastpath
 from selfredteam.policy.cpu_fastpath import (
+    ONEDNN_LINEAR,
     SmallBatchLinear,
     fp16_gemm_available,
+    frozen_linear,
     use_small_batch_linears,
     uses_fp16_weights,
 )
@@ -60,7 +63,7 @@ def test_fp16_weights_close_to_fp32_and_only_for_frozen_inference():
         torch.testing.assert_close(fast(x), ref(x), atol=2e-3, rtol=2e-3)
         assert not torch.equal(fast(x), ref(x))  # the fp16 path did run
         assert fast._fp16 is not None
-        prefill = torch.randn(40, 48)  # more than 32 rows: the stock fp32 kernel
+        prefill = torch.randn(40, 48)  # more than 32 rows: an exact fp32 kernel (frozen_linear)
         torch.testing.assert_close(fast(prefill), ref(prefill), atol=1e-5, rtol=1e-5)
     trainable = copy.deepcopy(ref)
     use_small_batch_linears(trainable, fp16_weights=True)
@@ -129,3 +132,69 @@ def test_a_switched_linear_moved_off_the_cpu_runs_the_stock_kernel():
     with torch.no_grad():
         out = model(torch.zeros(4, 16, device="meta"))
     assert out.shape == (4, 8) and out.device.type == "meta"
+
+
+needs_onednn = pytest.mark.skipif(not ONEDNN_LINEAR, reason="oneDNN's linear is used on x86 builds only")
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """How many products went through oneDNN."""
+    calls = []
+    real = cpu_fastpath._onednn_linear
+    monkeypatch.setattr(cpu_fastpath, "_onednn_linear", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@needs_onednn
+def test_frozen_linear_is_linear_through_onednn_with_the_input_gradient(onednn_calls):
+    torch.manual_seed(0)
+    w, b = torch.randn(80, 48) * 0.1, torch.randn(80)
+    x = torch.randn(3, 40, 48, requires_grad=True)
+    y = frozen_linear(x, w, b)
+    assert len(onednn_calls) == 1
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = torch.nn.functional.linear(x_ref, w, b)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)  # float summation order only
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        frozen_linear(x, w)
+    assert len(onednn_calls) == 2
+    trained = w.clone().requires_grad_()  # full fine-tuning: the stock kernel, the weight gets its gradient
+    frozen_linear(x, trained).sum().backward()
+    assert trained.grad is not None
+    frozen_linear(x.detach().bfloat16(), w.bfloat16())  # bf16: the stock (native) kernel
+    assert len(onednn_calls) == 2
+
+
+def test_frozen_linear_without_onednn_is_the_stock_kernel(monkeypatch):
+    monkeypatch.setattr(cpu_fastpath, "ONEDNN_LINEAR", False)
+    x, w, b = torch.randn(40, 48), torch.randn(80, 48), torch.randn(80)
+    assert torch.equal(frozen_linear(x, w, b), torch.nn.functional.linear(x, w, b))
+
+
+@needs_onednn
+def test_prefill_and_learner_passes_on_a_real_transformer_match_the_stock_kernel(onednn_calls, monkeypatch):
+    """A frozen model's many-row forwards (prefill, the learner's passes) through oneDNN give the
+    stock kernel's logits and input gradients up to float summation order."""
+    torch.manual_seed(0)
+    model = tiny_model().requires_grad_(False)
+    use_small_batch_linears(model)
+    embeds = model.get_input_embeddings()(torch.randint(2, 64, (4, 12)))
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        x = embeds.detach().clone().requires_grad_()
+        logits = model(inputs_embeds=x).logits
+        logits.logsumexp(-1).sum().backward()
+        return logits.detach(), x.grad
+
+    fast = run()
+    assert len(onednn_calls) == 15  # 2 layers x 7 projections + the LM head, 48 rows each
+    monkeypatch.setattr(cpu_fastpath, "ONEDNN_LINEAR", False)
+    stock = run()
+    assert len(onednn_calls) == 15
+    for a, b in zip(fast, stock):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

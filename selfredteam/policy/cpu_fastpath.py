@@ -1,4 +1,5 @@
-"""A faster decode step on CPU: small-batch linears as `W @ x^T`, or through fp16 weights.
+"""Faster linears on CPU: small-batch ones as `W @ x^T` or through fp16 weights, many-row fp32 ones
+with frozen weights through oneDNN.
 
 During sampling every linear layer sees only a few rows (one new token per sequence), so a
 decode step is bound by reading the weights, not by arithmetic. Two measured fixes (2-core
@@ -13,8 +14,7 @@ AVX2 dev machine, fp32 Qwen2-0.5B, batch 8; benchmarks/rollout.py):
   GGUF and are nearly fp16-exact; a bf16 checkpoint converts to fp16 almost losslessly too).
 
 Only inference without autograd on the CPU takes these paths (a switched model moved to CUDA runs
-nn.Linear's kernel); prefill-sized inputs (> 32 rows) and
-everything with autograd (the learner's gradient passes) run the stock kernel. Only
+nn.Linear's kernel). Only
 weights that do not require grad are packed (with LoRA: the whole frozen base), and a pack is
 rebuilt whenever the weight tensor is replaced or modified in place through the parameter.
 
@@ -24,16 +24,59 @@ activations are widened to fp32 for the product and rounded back to bf16, while 
 learner keep the native bf16 kernels, which are the faster ones there. On a 2-core AVX512-BF16
 EPYC at batch 8: decode step 0.145 s (bf16) -> 0.058 s, prefill 2.6 s (bf16) instead of 6.7 s
 (fp32 activations); BENCHMARKS.md has the table.
+
+Prefill-sized inputs (> 32 rows) and the learner's passes, in fp32 on an x86 CPU, run through
+oneDNN's linear (`frozen_linear`) when the weight is frozen (with LoRA: the whole base), the
+kernel inductor uses for CPU linears, rather than MKL's `linear`: on a 2-core Zen 1 EPYC (AVX2)
+MKL's fp32 `x W^T` ran these shapes at 43-60 GFLOP/s and oneDNN's at 58-71, near the cores' peak
+(BENCHMARKS.md, issue 30). Same products up to float summation order (~5e-6 on outputs of ~1).
+The gradient to the input (LoRA's top layers) stays MKL's `grad @ W`, as fast as oneDNN's there.
+bf16 weights keep the stock path (on CPUs with native bf16 it is oneDNN already).
 """
 
 from __future__ import annotations
 
+import platform
 from typing import Any
 
 import torch
 
 MIN_ROWS, MAX_ROWS = 2, 32
 _FP16_PATH_DTYPES = (torch.float32, torch.bfloat16)
+ONEDNN_LINEAR = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+"""Whether `frozen_linear` may use oneDNN: x86 builds ship it (measured there only)."""
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _FrozenWeightLinear(torch.autograd.Function):
+    """x W^T + b through oneDNN, differentiable in x only (W and b frozen): oneDNN's op has no
+    autograd formula of its own."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        (weight,) = ctx.saved_tensors
+        return grad @ weight, None, None
+
+
+def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T + b, as `torch.nn.functional.linear`; through oneDNN for fp32 on an x86 CPU when W
+    (and b) are frozen, the faster kernel for many rows there (module docstring). Anything else
+    (a trained weight, bf16, CUDA) takes the stock kernel."""
+    if (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not weight.requires_grad and (bias is None or not bias.requires_grad)):
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _FrozenWeightLinear.apply(x, weight, bias)
+        return _onednn_linear(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)
 
 
 def fp16_gemm_available() -> bool:
@@ -43,7 +86,8 @@ def fp16_gemm_available() -> bool:
 
 
 class SmallBatchLinear(torch.nn.Linear):
-    """nn.Linear with faster no-autograd forwards for few rows (same parameters)."""
+    """nn.Linear with faster no-autograd forwards for few rows, and a frozen fp32 weight through
+    oneDNN for many (`frozen_linear`); same parameters."""
 
     fp16_weights = False
     """Read the (frozen) weight as a packed fp16 copy in the no-autograd small-row path."""
@@ -52,7 +96,9 @@ class SmallBatchLinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.dim() >= 2 else 1
-        if rows > MAX_ROWS or torch.is_grad_enabled() or x.device.type != "cpu":
+        if rows > MAX_ROWS:
+            return frozen_linear(x, self.weight, self.bias)
+        if torch.is_grad_enabled() or x.device.type != "cpu":
             return super().forward(x)
         if self.fp16_weights and not self.weight.requires_grad and x.dim() >= 2 and x.dtype in _FP16_PATH_DTYPES:
             out = torch.ops.quantized.linear_dynamic_fp16(x.float(), self._packed_fp16())

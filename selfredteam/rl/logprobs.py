@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from selfredteam.policy.cpu_fastpath import frozen_linear
 from selfredteam.policy.layout import decoder_and_head
 
 
@@ -89,7 +90,7 @@ def _head_pass(h: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, chun
     `keep_probs`, each chunk's probabilities too (what the backward needs)."""
     logp, ent, probs = [], [], []
     for hc, tc in zip(h.split(chunk), tokens.split(chunk)):
-        z = (hc @ weight.t()).float()
+        z = frozen_linear(hc, weight).float()
         z_tok = z.gather(-1, tc[:, None])
         m = z.amax(-1, keepdim=True)
         z.sub_(m)
