@@ -28,9 +28,10 @@ EPYC at batch 8: decode step 0.145 s (bf16) -> 0.058 s, prefill 2.6 s (bf16) ins
 Prefill-sized inputs (> 32 rows) and the learner's passes, in fp32 on an x86 CPU, run through
 oneDNN's linear (`frozen_linear`) when the weight is frozen (with LoRA: the whole base), the
 kernel inductor uses for CPU linears, rather than MKL's `linear`: on a 2-core Zen 1 EPYC (AVX2)
-MKL's fp32 `x W^T` ran these shapes at 43-60 GFLOP/s and oneDNN's at 58-71, near the cores' peak
-(BENCHMARKS.md, issue 30). Same products up to float summation order (~5e-6 on outputs of ~1).
-The gradient to the input (LoRA's top layers) stays MKL's `grad @ W`, as fast as oneDNN's there.
+MKL's fp32 `x W^T` ran the embedded model's shapes at 49-61 GFLOP/s and oneDNN's at 63-70
+(benchmarks/linear_kernels.py; BENCHMARKS.md, issue 30). Same products up to float summation
+order (~5e-6 on outputs of ~1). The gradient to the input (LoRA's top layers) stays MKL's
+`grad @ W`, faster there than oneDNN's with the weight transposed. No weight is copied.
 bf16 weights keep the stock path (on CPUs with native bf16 it is oneDNN already).
 """
 
