@@ -43,6 +43,8 @@ BENCHMARKS = [
     ("learner-bf16", "One cpu-demo RL step, split (bf16)",
      ["learner_step.py", "--steps", "2", "--set", "model.dtype=bfloat16", "--native-bf16-only"]),
     ("judge", "Embedded judge throughput", ["judge_throughput.py"]),
+    # Which fp32 kernel prefill and the learner's forwards should run on this CPU (cpu_fastpath.frozen_linear).
+    ("linear-kernels", "fp32 linear kernels: MKL against oneDNN", ["linear_kernels.py", "--rows", "256", "1024"]),
 ]
 
 
