@@ -42,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count
 
 from selfredteam.fsutil import read_jsonl
+from selfredteam.policy.cpu_fastpath import ONEDNN_LINEAR_OP  # frozen_linear's many-row fp32 kernel
 
 FP16_PACK = "fp16-pack GEMM"
 ATTENTION = "attention"
@@ -55,10 +56,6 @@ PHASES = [  # (phase as Timings names it, column title, metrics key of its measu
     ("learn_optimizer", "clip+AdamW", "timing/learn_optimizer_s"),
 ]
 """A step's phases. Products under `step` or `learn` outside these (none, today) are reported as `other`."""
-
-
-ONEDNN_LINEAR_OP = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-"""oneDNN's linear, which `cpu_fastpath.frozen_linear` calls for many-row fp32 products on x86."""
 
 
 def _gemm(dtype: torch.dtype) -> str:

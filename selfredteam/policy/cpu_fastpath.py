@@ -44,13 +44,15 @@ import torch
 
 MIN_ROWS, MAX_ROWS = 2, 32
 _FP16_PATH_DTYPES = (torch.float32, torch.bfloat16)
+ONEDNN_LINEAR_OP = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+"""oneDNN's linear (inductor's CPU kernel), or None in a build without it."""
 ONEDNN_LINEAR = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
-                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+                 and ONEDNN_LINEAR_OP is not None)
 """Whether `frozen_linear` may use oneDNN: x86 builds ship it (measured there only)."""
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return ONEDNN_LINEAR_OP(x, weight, bias, "none", [], "")
 
 
 class _FrozenWeightLinear(torch.autograd.Function):
