@@ -34,7 +34,14 @@ from selfredteam.rl.distributed import (
     load_optimizer_state,
     optimizer_state,
 )
-from selfredteam.rl.logprobs import PackedBatch, gather_rows, pack, response_logprobs, scatter_rows
+from selfredteam.rl.logprobs import (
+    PackedBatch,
+    gather_rows,
+    pack,
+    packs_rows,
+    response_logprobs,
+    scatter_rows,
+)
 from selfredteam.rl.model import TrainablePolicy
 from selfredteam.rl.timing import Timings
 
@@ -183,6 +190,8 @@ class Learner:
         """The last SFT pass's mean P(refuse) at the decision point per label, and its decision BCE."""
         self.lockstep = self.fsdp or self.engine is not None
         """Every forward is a collective (FSDP, ZeRO-3): all processes run the same number."""
+        self.packed = packs_rows(self.train_model)
+        """A micro-batch is one sequence, its shared prompt prefix computed once (CPU; `packs_rows`)."""
 
     # -- data-parallel helpers (identities in one process) --------------------------------
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
@@ -226,7 +235,8 @@ class Learner:
         return out
 
     def _pack(self, samples: list[Sample], idx: list[int]) -> PackedBatch:
-        return pack([samples[i].prompt_ids for i in idx], [samples[i].response_ids for i in idx], self.pad_id)
+        return pack([samples[i].prompt_ids for i in idx], [samples[i].response_ids for i in idx], self.pad_id,
+                    packed=self.packed)
 
     @torch.no_grad()
     def _score(self, samples: list[Sample], use_reference: bool,

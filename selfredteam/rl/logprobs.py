@@ -7,14 +7,27 @@ in the same columns and run the LM head on the real tokens of those columns only
 prompt positions or padding), and (2) take log p(token) as
 `gather(logits, token) - logsumexp(logits)` in row chunks, in float32, without materialising a
 [B, T, V] log-softmax.
+
+On a CPU the decoder itself is compute-bound, and a padded token costs what a real one does. So
+there (`packs_rows`) a micro-batch is one sequence instead: the prompts' common prefix once, then
+each sample's own prompt tail and response, at the positions it has alone. In the cpu-demo's
+micro-batches padding was 11% of the tokens computed and the role's repeated prompt prefix another
+11% (BENCHMARKS.md). Attention then runs per sample, over the prefix's keys and its own
+(`segment_attention`): one dense mask over the whole sequence would score every sample's keys and
+throw most scores away (2.7x the padded batch's attention time, measured), eating the saving.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from selfredteam.policy.cpu_fastpath import frozen_linear
 from selfredteam.policy.layout import decoder_and_head
@@ -23,46 +36,176 @@ from selfredteam.policy.layout import decoder_and_head
 @dataclass
 class PackedBatch:
     input_ids: torch.Tensor
-    """[B, P + R]: left-padded prompts then right-padded responses."""
-    attention_mask: torch.Tensor
+    """[B, T]: left-padded prompts then right-padded responses, one row per sample; or (`packed`)
+    one row: the prompts' common prefix, then each sample's prompt tail and response."""
+    attention_mask: torch.Tensor | None
+    """[B, T] 1 on real tokens; None when packed (`segments` says who sees what)."""
     position_ids: torch.Tensor
     response_ids: torch.Tensor
-    """[B, R]"""
+    """[N samples, R]"""
     response_mask: torch.Tensor
-    """[B, R] float, 1 on real response tokens."""
+    """[N, R] float, 1 on real response tokens."""
+    rows: list[torch.Tensor]
+    """Per sample, where its real tokens (prompt and response, in order) lie in the flattened
+    [B * T] sequence: what `scatter_rows`/`gather_rows` move per-sample states by."""
+    predict_at: torch.Tensor
+    """[N, R]: the flattened position whose output predicts each response token (0 on padding)."""
+    segments: Segments | None = None
+    """Packed: where the shared prefix and each sample's own tokens lie in the one sequence."""
+
+    @property
+    def packed(self) -> bool:
+        return self.segments is not None
 
 
-def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> PackedBatch:
-    P = max(len(p) for p in prompts)
+@dataclass(frozen=True)
+class Segments:
+    """A packed sequence's layout: `prefix` shared tokens first, then each sample's own tokens at
+    [start, end). A token sees the prefix (causally, if it is in it) and the earlier tokens of
+    its own sample."""
+
+    prefix: int
+    bounds: tuple[tuple[int, int], ...]
+
+
+def common_prefix(seqs: list[list[int]]) -> int:
+    """How many leading tokens all of `seqs` share."""
+    n = min(map(len, seqs))
+    for k in range(n):
+        if any(s[k] != seqs[0][k] for s in seqs[1:]):
+            return k
+    return n
+
+
+def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, packed: bool = False) -> PackedBatch:
+    """The learner's batch of (prompt, response) samples: one padded row each, or with `packed`
+    one sequence for all of them (module doc; same log-probs up to float summation order)."""
     R = max(max(len(r) for r in responses), 1)
-    ids, attn, resp, rmask = [], [], [], []
+    resp = torch.tensor([r + [pad_id] * (R - len(r)) for r in responses])
+    rmask = torch.tensor([[1.0] * len(r) + [0.0] * (R - len(r)) for r in responses])
+    segments = None
+    if packed:
+        ids, segments, position_ids, rows = _one_sequence(prompts, responses)
+        attention_mask = None
+    else:
+        ids, attention_mask, position_ids, rows = _padded_rows(prompts, responses, R, pad_id)
+    predict_at = torch.zeros(len(prompts), R, dtype=torch.long)
+    for i, (p, r, row) in enumerate(zip(prompts, responses, rows)):
+        predict_at[i, : len(r)] = row[len(p) - 1 : len(p) + len(r) - 1]
+    return PackedBatch(ids, attention_mask, position_ids, resp, rmask, rows, predict_at, segments)
+
+
+def _padded_rows(prompts: list[list[int]], responses: list[list[int]], R: int, pad_id: int):
+    """[left-padded prompt | right-padded response] per sample: every response in the same columns."""
+    P = max(len(p) for p in prompts)
+    ids, attn = [], []
     for p, r in zip(prompts, responses):
         left, right = P - len(p), R - len(r)
         ids.append([pad_id] * left + p + r + [pad_id] * right)
         attn.append([0] * left + [1] * (len(p) + len(r)) + [0] * right)
-        resp.append(r + [pad_id] * right)
-        rmask.append([1.0] * len(r) + [0.0] * right)
     attention_mask = torch.tensor(attn)
     # Positions count real tokens only, as during generation with left padding.
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return PackedBatch(torch.tensor(ids), attention_mask, position_ids, torch.tensor(resp), torch.tensor(rmask))
+    flat = torch.arange(attention_mask.numel()).view(attention_mask.shape)
+    rows = [flat[b][attention_mask[b].bool()] for b in range(len(prompts))]
+    return torch.tensor(ids), attention_mask, position_ids, rows
+
+
+def _one_sequence(prompts: list[list[int]], responses: list[list[int]]):
+    """The prompts' common prefix once (when there are several samples), then each sample's
+    prompt tail and response, each at the positions it has alone."""
+    c = common_prefix(prompts) if len(prompts) > 1 else 0
+    ids, positions, bounds, rows = list(prompts[0][:c]), list(range(c)), [], []
+    for p, r in zip(prompts, responses):
+        own = p[c:] + r
+        start = len(ids)
+        rows.append(torch.cat([torch.arange(c), torch.arange(start, start + len(own))]))
+        bounds.append((start, start + len(own)))
+        ids += own
+        positions += range(c, c + len(own))
+    return torch.tensor([ids]), Segments(c, tuple(bounds)), torch.tensor([positions]), rows
+
+
+SEGMENT_ATTENTION = "selfredteam_segments"
+"""The attention implementation a packed batch runs under (`segment_attention`)."""
+
+
+def _attend_by_segment(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                       sliding_window: int | None = None, segments: Segments | None = None,
+                       **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Attention over a packed sequence ([1, heads, T, D]), one SDPA call for the prefix and one
+    per sample (its queries against the prefix's keys and its own); without `segments`, sdpa's."""
+    if segments is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      sliding_window=sliding_window, **kwargs)
+    c = segments.prefix
+    if sliding_window is not None and max(c + end - start for start, end in segments.bounds) > sliding_window:
+        raise ValueError(f"a packed sample is longer than the attention's sliding window ({sliding_window})")
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: each key head serves a group of query heads
+        key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+        value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
+    out = []
+    if c:
+        out.append(F.scaled_dot_product_attention(query[:, :, :c], key[:, :, :c], value[:, :, :c], is_causal=True,
+                                                  dropout_p=dropout, scale=scaling))
+    for start, end in segments.bounds:
+        k = torch.cat([key[:, :, :c], key[:, :, start:end]], 2)
+        v = torch.cat([value[:, :, :c], value[:, :, start:end]], 2)
+        # Own token j (at position c + j) sees the prefix and its own tokens up to j.
+        sees = torch.arange(c + end - start, device=k.device) <= c + torch.arange(end - start, device=k.device)[:, None]
+        out.append(F.scaled_dot_product_attention(query[:, :, start:end], k, v, attn_mask=sees, dropout_p=dropout,
+                                                  scale=scaling))
+    return torch.cat(out, 2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(SEGMENT_ATTENTION, _attend_by_segment)
+
+
+@contextlib.contextmanager
+def segment_attention(decoder: torch.nn.Module) -> Iterator[None]:
+    """Run `decoder`'s attention as `_attend_by_segment` (it reads the `segments` keyword the
+    decoder passes down to its layers): every layer reads the implementation from the one config.
+    No mask is built for it: the model's mask functions do not know its name."""
+    config = decoder.config
+    before = config._attn_implementation
+    config._attn_implementation = SEGMENT_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def packs_rows(model: torch.nn.Module) -> bool:
+    """Whether the learner should lay a micro-batch out as one sequence (`pack(packed=True)`): a
+    plain-layout model run in pieces (the head reads `predict_at`) on a CPU, with sdpa or eager
+    attention (what `_attend_by_segment` stands in for) and no gradient checkpointing (its
+    recompute would run after `segment_attention` has ended). On a GPU the padded layout stays:
+    there a padded token is close to free, and one SDPA call per sample is not."""
+    if decoder_and_head(model) is None:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return (on_cpu and getattr(base.config, "_attn_implementation", None) in ("sdpa", "eager")
+            and not any(getattr(m, "gradient_checkpointing", False) for m in base.modules()))
 
 
 def scatter_rows(batch: PackedBatch, rows: list[torch.Tensor]) -> torch.Tensor:
-    """[B, T, H] from per-sample [n_real, H] states, placed on the batch's real (unmasked) tokens;
-    padding gets zeros (it is masked out of attention anyway)."""
-    mask = batch.attention_mask.bool()
-    out = rows[0].new_zeros(*mask.shape, rows[0].shape[-1])
-    for b, r in enumerate(rows):
-        out[b, mask[b]] = r
-    return out
+    """[B, T, H] from per-sample [n_real, H] states, placed on the batch's real tokens (`rows`; a
+    shared prefix gets each sample's copy of the same states); padding gets zeros (it is masked out
+    of attention anyway)."""
+    B, T = batch.input_ids.shape
+    out = rows[0].new_zeros(B * T, rows[0].shape[-1])
+    for where, r in zip(batch.rows, rows):
+        out[where] = r
+    return out.view(B, T, -1)
 
 
 def gather_rows(batch: PackedBatch, states: torch.Tensor) -> list[torch.Tensor]:
     """The inverse of `scatter_rows`: per-sample [n_real, H] states from [B, T, H] ones, the
     padding dropped (what the learner keeps of a captured frozen trunk)."""
-    mask = batch.attention_mask.bool()
-    return [states[b][mask[b]] for b in range(mask.shape[0])]
+    flat = states.reshape(-1, states.shape[-1])
+    return [flat[where] for where in batch.rows]
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk_rows: int = 4) -> torch.Tensor:
@@ -191,10 +334,15 @@ def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: 
         {"input_ids": batch.input_ids.to(device)}
     ids = batch.response_ids.to(device)
     mask = batch.response_mask.to(device)
-    inputs = dict(attention_mask=batch.attention_mask.to(device), position_ids=batch.position_ids.to(device),
-                  use_cache=False)
+    inputs = dict(position_ids=batch.position_ids.to(device), use_cache=False)
+    if batch.packed:
+        inputs["segments"] = batch.segments
+    else:
+        inputs["attention_mask"] = batch.attention_mask.to(device)
     parts = decoder_and_head(model)
     if parts is None:
+        if batch.packed:
+            raise ValueError("a batch packed into one sequence needs a model run in pieces (see packs_rows)")
         # Column j of the kept logits predicts the token after it: the first R columns predict
         # the R response tokens.
         logits = model(**tokens, **inputs, logits_to_keep=R + 1).logits[:, :R, :]
@@ -204,10 +352,13 @@ def response_logprobs(model: torch.nn.Module, batch: PackedBatch, with_entropy: 
         ent = entropy_from_logits(logits, chunk_rows) * mask if with_entropy else None
         return ResponseLogProbs(logp, ent, _at_columns(set_at, lambda r, c: logits[r.to(device), c.to(device)]))
     decoder, head = parts
-    hidden = decoder(**tokens, **inputs).last_hidden_state[:, -(R + 1) : -1]  # predicts the responses
-    at = _at_columns(set_at, lambda r, c: head(hidden[r.to(device), c.to(device)] / temperature))
+    with segment_attention(decoder) if batch.packed else contextlib.nullcontext():
+        hidden = decoder(**tokens, **inputs).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    at_pos = batch.predict_at.to(device)  # the positions that predict the responses
+    at = _at_columns(set_at, lambda r, c: head(hidden[at_pos[r.to(device), c.to(device)]] / temperature))
     keep = mask.bool()
-    h = hidden[keep]  # [N real response tokens, H]
+    h = hidden[at_pos[keep]]  # [N real response tokens, H]
     logp = mask.new_zeros(mask.shape, dtype=torch.float32)
     ent = mask.new_zeros(mask.shape, dtype=torch.float32) if with_entropy else None
     weight = getattr(head, "weight", None)
