@@ -81,8 +81,9 @@ def main() -> None:
                             p.copy_(start[n])
                 learner = Learner(policy, cfg.train, temperature=cfg.generation.temperature)
                 learner.packed = packed
+                fresh, fresh_sft = copy.deepcopy(samples), copy.deepcopy(sft)  # an update may keep SFT trunks
                 t0 = time.perf_counter()
-                stats = learner.update(copy.deepcopy(samples), sft=copy.deepcopy(sft), sft_coef=cfg.train.sft.coef)
+                stats = learner.update(fresh, sft=fresh_sft, sft_coef=cfg.train.sft.coef)
                 times.setdefault((k, packed), []).append({"update": time.perf_counter() - t0, **stats})
                 losses[k, packed] = stats["loss/policy"]
     layout = Learner(policy, cfg.train)

@@ -86,10 +86,13 @@ class PrefixCache:
             self.entries.popitem(last=False)
 
 
-def _common(a: list[int], b: list[int]) -> int:
-    n, top = 0, min(len(a), len(b))
-    while n < top and a[n] == b[n]:
-        n += 1
+def common_prefix(seqs: list[list[int]]) -> int:
+    """How many leading tokens all of `seqs` share (the sampler's shared prefixes here, the
+    learner's packed micro-batches in rl/logprobs.py)."""
+    n = min(map(len, seqs))
+    for k in range(n):
+        if any(s[k] != seqs[0][k] for s in seqs[1:]):
+            return k
     return n
 
 
@@ -100,7 +103,7 @@ def plan_prefixes(prompts: list[list[int]], kept: Any = ()) -> list[int]:
     order = sorted(range(len(prompts)), key=lambda i: prompts[i])
     shared = [0] * len(prompts)
     for a, b in zip(order, order[1:]):
-        n = _common(prompts[a], prompts[b])
+        n = common_prefix([prompts[a], prompts[b]])
         shared[a], shared[b] = max(shared[a], n), max(shared[b], n)
     out = []
     for i, p in enumerate(prompts):

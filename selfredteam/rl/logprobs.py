@@ -31,6 +31,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from selfredteam.policy.cpu_fastpath import frozen_linear
 from selfredteam.policy.layout import decoder_and_head
+from selfredteam.policy.prefill import common_prefix
 
 
 @dataclass
@@ -66,15 +67,6 @@ class Segments:
 
     prefix: int
     bounds: tuple[tuple[int, int], ...]
-
-
-def common_prefix(seqs: list[list[int]]) -> int:
-    """How many leading tokens all of `seqs` share."""
-    n = min(map(len, seqs))
-    for k in range(n):
-        if any(s[k] != seqs[0][k] for s in seqs[1:]):
-            return k
-    return n
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, packed: bool = False) -> PackedBatch:
