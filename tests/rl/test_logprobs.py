@@ -18,6 +18,7 @@ from selfredteam.rl.logprobs import (
     scatter_rows,
 )
 from tests.rl.test_learner import lora_policy, lora_state
+from tests.rl.test_loop import LOGPROB_ATOL
 from tests.rl.tiny import tiny_model
 
 # Prompts that share a 3-token prefix (a role's template), one that is the prefix plus one token,
@@ -86,6 +87,29 @@ def test_packed_and_padded_layouts_give_the_same_logprobs_and_gradients(frozen_l
     assert g_padded.keys() == g_packed.keys() and g_padded
     for name in g_padded:
         torch.testing.assert_close(g_packed[name], g_padded[name], atol=1e-5, rtol=1e-4)
+
+
+def test_packed_layout_in_bf16_moves_logprobs_no_more_than_bf16_itself():
+    """bf16 is what `model.dtype=auto` picks on an AVX-512-BF16 CPU, and the learner packs there
+    too. Per-sample attention rounds in other places than the padded batch's one masked call, so
+    the two layouts agree only to bf16's own precision: the packed log-probs must lie within the
+    sampler-vs-learner bf16 tolerance of the padded ones, and no further from the fp32 values than
+    the bf16 padded ones lie from them (plus that tolerance)."""
+    policy = lora_policy(0)
+    exact, _ = _logprobs_and_grads(policy, False)
+    for name, p in policy.model.named_parameters():  # as peft keeps them on a bf16 base: adapters fp32
+        if "lora_" not in name:
+            p.data = p.data.bfloat16()
+    padded, g_padded = _logprobs_and_grads(policy, False)
+    packed, g_packed = _logprobs_and_grads(policy, True)
+    atol = LOGPROB_ATOL["bfloat16"]
+    torch.testing.assert_close(packed.logp.float(), padded.logp.float(), atol=atol, rtol=0)
+    torch.testing.assert_close(packed.entropy.float(), padded.entropy.float(), atol=atol, rtol=0)
+    dtype_err = (padded.logp.float() - exact.logp).abs().max()
+    assert (packed.logp.float() - exact.logp).abs().max() <= dtype_err + atol
+    for name in g_padded:  # the same direction: gradients agree to bf16's relative step, a few times
+        a, b = g_padded[name].float(), g_packed[name].float()
+        assert (a - b).norm() <= 8 * 2**-8 * a.norm(), name
 
 
 def _update(packed: bool, frozen_layers: int):
