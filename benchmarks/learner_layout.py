@@ -88,15 +88,17 @@ def main() -> None:
                 losses[k, packed] = stats["loss/policy"]
     layout = Learner(policy, cfg.train)
     print(f"The learner's update on a cpu-demo run's samples, {args.rounds} alternating rounds; {cpu_name()}\n")
-    print("| update | layout | tokens computed | update (median) | ref log-probs | policy fwd+bwd | aux SFT | policy loss |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| update | layout | tokens computed | update (median) | update (each round) | ref log-probs | policy fwd+bwd "
+          "| aux SFT | policy loss |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for k, (samples, _) in enumerate(updates):
         for packed in (False, True):
             rows = times[k, packed]
             med = {key: statistics.median(r[key] for r in rows) for key in
                    ("update", "timing/learn_ref_logprob_s", "timing/learn_fwd_bwd_s", "timing/learn_sft_s")}
+            each = " / ".join(f"{r['update']:.1f}" for r in rows)  # the spread a median hides
             print(f"| {k + 1} | {'packed' if packed else 'padded'} | {tokens(layout, samples, packed)} | "
-                  f"{med['update']:.1f} s | {med['timing/learn_ref_logprob_s']:.1f} s | "
+                  f"{med['update']:.1f} s | {each} s | {med['timing/learn_ref_logprob_s']:.1f} s | "
                   f"{med['timing/learn_fwd_bwd_s']:.1f} s | {med['timing/learn_sft_s']:.1f} s | {losses[k, packed]:.6g} |")
 
 
