@@ -7,6 +7,8 @@ applied by our tokenizer), so tokens/s compare like for like.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 TURNS_PER_GAME = 1.5
@@ -28,6 +30,22 @@ def cpu_name() -> str:
     from selfredteam.policy.runtime import cpu_name as model_name
 
     return f"{model_name()} ({cpu_kind()})"
+
+
+def flop_rate(fn: Callable[[], object], flops: float, budget: float = 0.6, warmup: int = 1) -> float:
+    """FLOP/s of `fn`, which does `flops` floating-point operations a call, over about `budget`
+    seconds after `warmup` untimed calls. A time budget rather than a fixed count of calls, so a
+    small product and a whole decode step are both timed long enough to average out a noisy VM and
+    no longer than that. The kernel probes (`linear_kernels.py`, `step_flops.py`) share it, so their
+    rates are measured alike."""
+    for _ in range(warmup):
+        fn()
+    reps = 0
+    t0 = time.perf_counter()
+    while reps == 0 or time.perf_counter() - t0 < budget:
+        fn()
+        reps += 1
+    return flops * reps / (time.perf_counter() - t0)
 
 
 def selfredteam_cli(*args: str, root: str | Path | None = None) -> list[str]:

@@ -14,24 +14,12 @@ the two kernels alternating, so a drifting VM moves both alike.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
-from _common import cpu_name
+from _common import cpu_name, flop_rate
 
 SHAPES = [("q/o proj", 896, 896), ("gate/up proj", 896, 4864), ("down proj", 4864, 896), ("LM head", 896, 151936)]
 """(name, in, out) of the embedded model's linears (Qwen2.5 0.5B); k/v (896 -> 128) are small."""
-
-
-def gflops(fn, flops: int, budget: float = 0.6) -> float:
-    """GFLOP/s of `fn` over about `budget` seconds (one untimed call first)."""
-    fn()
-    reps = 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < budget:
-        fn()
-        reps += 1
-    return flops * reps / (time.perf_counter() - t0) / 1e9
 
 
 def kernels(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor | None) -> dict:
@@ -69,7 +57,7 @@ def main() -> None:
             best = {key: 0.0 for key in calls}
             for _ in range(args.rounds):
                 for key, fn in calls.items():
-                    best[key] = max(best[key], gflops(fn, fl))
+                    best[key] = max(best[key], flop_rate(fn, fl) / 1e9)
             grad = [f"{best[key]:.1f}" if key in best else "-" for key in ("grad mkl", "grad onednn")]
             print(f"| {m} | {name} ({k} -> {n}) | {best['fwd mkl']:.1f} | {best['fwd onednn']:.1f} | "
                   f"{best['fwd onednn'] / best['fwd mkl']:.2f}x | {grad[0]} | {grad[1]} |", flush=True)

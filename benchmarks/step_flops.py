@@ -30,14 +30,13 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import cpu_name, step_tokens, timed_train_cli
+from _common import cpu_name, flop_rate, step_tokens, timed_train_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count
 
@@ -179,18 +178,10 @@ def probe_rates() -> dict[str, float]:
     from selfredteam.policy.cpu_fastpath import fp16_gemm_available, frozen_linear
     from selfredteam.policy.hf import cpu_has_native_bf16
 
-    def rate(fn, flops: float, reps: int) -> float:
-        for _ in range(2):
-            fn()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return flops * reps / (time.perf_counter() - t0)
-
     rates = {}
     for dt in [torch.float32, *([torch.bfloat16] if cpu_has_native_bf16() else [])]:
         a, w = torch.randn(1024, 896, dtype=dt), torch.randn(4864, 896, dtype=dt)
-        rates[_gemm(dt)] = rate(lambda a=a, w=w: frozen_linear(a, w), 2 * 1024 * 896 * 4864, 10)
+        rates[_gemm(dt)] = flop_rate(lambda a=a, w=w: frozen_linear(a, w), 2 * 1024 * 896 * 4864, warmup=2)
     if fp16_gemm_available():
         shapes = [(896, 896), (128, 896), (128, 896), (896, 896), (4864, 896), (4864, 896), (896, 4864)] * 24
         shapes.append((151936, 896))
@@ -201,7 +192,7 @@ def probe_rates() -> dict[str, float]:
             for (_, i), p in zip(shapes, packs):
                 torch.ops.quantized.linear_dynamic_fp16(xs[i], p)
 
-        rates[FP16_PACK] = rate(step, sum(2 * 8 * o * i for o, i in shapes), 5)
+        rates[FP16_PACK] = flop_rate(step, sum(2 * 8 * o * i for o, i in shapes), warmup=2)
     return rates
 
 

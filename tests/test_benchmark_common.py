@@ -1,4 +1,5 @@
-"""benchmarks/_common.py: the benchmark scripts' subprocesses run the package the script imported."""
+"""benchmarks/_common.py: the benchmark scripts' subprocesses run the package the script imported,
+and their kernel probes time a call the same way."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import selfredteam_cli  # noqa: E402
+from _common import flop_rate, selfredteam_cli  # noqa: E402
 
 
 def test_cli_runs_the_imported_package_not_the_working_directorys(tmp_path: Path) -> None:
@@ -23,3 +24,22 @@ def test_cli_runs_the_imported_package_not_the_working_directorys(tmp_path: Path
     res = subprocess.run(selfredteam_cli("--help"), cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "selfredteam" in res.stdout and "train" in res.stdout
+
+
+def test_flop_rate_times_calls_after_the_warmup() -> None:
+    """The rate is the FLOPs of the timed calls over their time: warm-up calls are not counted, a
+    call slower than the budget is still timed once, and a fast one is repeated for the budget."""
+    import time
+
+    calls = []
+
+    def slow() -> None:
+        calls.append(1)
+        time.sleep(0.05)
+
+    rate = flop_rate(slow, 1e6, budget=0.0, warmup=2)
+    assert len(calls) == 3  # two untimed, one timed
+    assert 1e6 / 0.2 < rate <= 1e6 / 0.05
+    calls.clear()
+    flop_rate(lambda: calls.append(1), 1.0, budget=0.05, warmup=0)
+    assert len(calls) > 10
