@@ -150,6 +150,16 @@ def load_causal_lm(cfg: ModelConfig, source: str, dtype: torch.dtype, **extra: A
         raise UserError(f"model.attn_implementation={cfg.attn_implementation!r} cannot load {source}: {e}") from None
 
 
+def load_policy_model(cfg: ModelConfig, source: str, device: torch.device, dtype: torch.dtype, **extra: Any) -> Any:
+    """`load_causal_lm`, placed on `device` in eval mode, with the CPU's fast linears: every model
+    the policy samples from, whether loaded from the base or from a full fine-tune's checkpoint."""
+    model = load_causal_lm(cfg, source, dtype, **extra)
+    model.to(device).eval()
+    if device.type == "cpu":
+        use_small_batch_linears(model, fp16_weights=cfg.cpu_fp16_weights)  # faster decode (cpu_fastpath.py)
+    return model
+
+
 def load_model_and_tokenizer(cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
     from transformers import AutoTokenizer
 
@@ -157,15 +167,12 @@ def load_model_and_tokenizer(cfg: ModelConfig, device: torch.device, dtype: torc
     tok_extra = {"gguf_file": extra["gguf_file"]} if "gguf_file" in extra else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **tok_extra)
-        model = load_causal_lm(cfg, source, dtype, **extra)
+        model = load_policy_model(cfg, source, device, dtype, **extra)
     except OSError as e:
         raise UserError(
             f"Could not load model {cfg.name_or_path!r}: {e}. Pass `embedded`, a local HF dir, a .gguf "
             "file, or a hub id (needs network; set HF_TOKEN for gated models)."
         ) from None
-    model.to(device).eval()
-    if device.type == "cpu":
-        use_small_batch_linears(model, fp16_weights=cfg.cpu_fp16_weights)  # faster decode (cpu_fastpath.py)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -278,9 +278,7 @@ def build_run(cfg: Config, out: Path, resume: Path | None, judge: Judge | None, 
     log(f"Running on {describe(info)}" + (f", {info['processes']} processes ({info['distributed']})" if accelerator else "") + ".")
     judge = judge or build_judge(cfg.judge)
     rank = accelerator.process_index if accelerator else 0
-    trainable = build_trainable(cfg, device=accelerator.device if accelerator else None)
-    if ckpt:  # weights before the learner: FSDP shards the model when it prepares it
-        trainable.load_saved(ckpt, cfg.model)
+    trainable = build_trainable(cfg, device=accelerator.device if accelerator else None, ckpt=ckpt)
     learner = Learner(trainable, t, accelerator, temperature=g.temperature)
     sampler = TransformersPolicy(trainable.model, trainable.tokenizer, cfg.model.name_or_path, g.batch_size,
                                  g.max_prompt_length)

@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from selfredteam.config import Config, ModelConfig
+from selfredteam.config import Config, TrainConfig
 from selfredteam.errors import ConfigError
 from selfredteam.policy.cpu_fastpath import uses_fp16_weights
 from selfredteam.policy.decode import record_outputs
 from selfredteam.policy.hf import (
-    load_causal_lm,
     load_model_and_tokenizer,
+    load_policy_model,
     resolve_device,
     resolve_dtype,
     set_threads,
@@ -147,18 +147,12 @@ class TrainablePolicy:
         self.model.save_pretrained(str(path), safe_serialization=True,
                                    **({"state_dict": weights} if weights is not None else {}))
 
-    def load_saved(self, ckpt: Path, model_cfg: ModelConfig) -> None:
-        """A checkpoint's weights (what save_pretrained wrote) into the not yet sharded model, in
-        place. Full weights load through the policy's own loader (`load_causal_lm`), so a model
-        that needs `model.trust_remote_code` resumes the way it first loaded."""
+    def load_adapters(self, ckpt: Path) -> None:
+        """A checkpoint's LoRA adapters (what save_pretrained wrote) into the not yet sharded model,
+        in place. (A full fine-tune's weights are loaded as the policy model itself: `build_trainable`.)"""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        if not self.is_lora:
-            saved = load_causal_lm(model_cfg, str(ckpt / "model"), next(self.model.parameters()).dtype,
-                                   use_safetensors=True)
-            self.model.load_state_dict(saved.state_dict())
-            return
         for name in self.model.peft_config:  # save_pretrained writes the default adapter on top, others in subdirs
             d = ckpt / "adapter" / ("" if name == "default" else name)
             set_peft_model_state_dict(self.model, load_file(str(d / "adapter_model.safetensors")), adapter_name=name)
@@ -169,8 +163,18 @@ class TrainablePolicy:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def build_trainable(cfg: Config, device: torch.device | None = None) -> TrainablePolicy:
-    """`device`: set by the data-parallel launcher (each process its own GPU); else from config."""
+def _for_training(model: Any, t: TrainConfig) -> Any:
+    """Gradient checkpointing when asked (no KV cache then: it would only hold memory)."""
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model
+
+
+def build_trainable(cfg: Config, device: torch.device | None = None, ckpt: Path | None = None) -> TrainablePolicy:
+    """`device`: set by the data-parallel launcher (each process its own GPU); else from config.
+    `ckpt`: a checkpoint to resume, whose weights go in before the learner shards the model (FSDP
+    does that when it prepares it)."""
     from peft import LoraConfig, get_peft_model
 
     t = cfg.train
@@ -180,13 +184,20 @@ def build_trainable(cfg: Config, device: torch.device | None = None) -> Trainabl
     # Train in fp32 on CPU (no native bf16 there, see policy/hf.py); bf16 on GPU.
     dtype = resolve_dtype(cfg.model.dtype, device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, dtype)
-    if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+    _for_training(model, t)
     if t.full_finetune:
         if t.parameter_sharing == "role-adapters":
             raise ConfigError("train.parameter_sharing=role-adapters needs LoRA: set train.full_finetune=false.")
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if ckpt:
+            # The base as loaded is the reference, and the checkpoint's weights load as the policy
+            # through the policy's own loader (a model that needs model.trust_remote_code resumes the
+            # way it first loaded). Two models in memory, as in a fresh run, not a third to copy from.
+            reference = model
+            model = _for_training(load_policy_model(cfg.model, str(ckpt / "model"), device, dtype,
+                                                    use_safetensors=True), t)
+        else:
+            reference = copy.deepcopy(model)
+        reference.eval().requires_grad_(False)
         model.train()
         return TrainablePolicy(model, tokenizer, "shared", reference)
     n_layers = model.config.num_hidden_layers
@@ -199,4 +210,8 @@ def build_trainable(cfg: Config, device: torch.device | None = None) -> Trainabl
     else:
         model = get_peft_model(model, lora)
     model.train()
-    return TrainablePolicy(model, tokenizer, t.parameter_sharing, frozen_layers=n_layers - len(layers) if layers else 0)
+    trainable = TrainablePolicy(model, tokenizer, t.parameter_sharing,
+                                frozen_layers=n_layers - len(layers) if layers else 0)
+    if ckpt:
+        trainable.load_adapters(ckpt)
+    return trainable

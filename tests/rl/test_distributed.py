@@ -110,8 +110,7 @@ def test_sharded_checkpoint_resumes_exactly_in_one_process(tmp_path, tiny_model_
     assert json.loads((run / "runtime.json").read_text())["distributed"] == {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[kind]
     ckpt = find_checkpoint(run)
     cfg = load_config("cpu-demo", overrides=sets + ["train.steps=1"])
-    policy = build_trainable(cfg)
-    policy.load_saved(ckpt, cfg.model)
+    policy = build_trainable(cfg, ckpt=ckpt)
     learner = Learner(policy, cfg.train)
     import random
 

@@ -45,8 +45,8 @@ def test_role_modes_run_two_steps(tiny_model_dir, tmp_path, extra):
 
 @pytest.mark.parametrize("extra", [[], ["train.full_finetune=true"]], ids=["lora", "full"])
 def test_resume_reproduces_the_next_step_exactly(tiny_model_dir, tmp_path, extra):
-    """LoRA adapters, or full weights (the paper-8b preset's mode; they load back through the
-    policy's own loader, `TrainablePolicy.load_saved`)."""
+    """LoRA adapters, or full weights (the paper-8b preset's mode; they load back as the policy
+    model, through the policy's own loader, `build_trainable(..., ckpt=...)`)."""
     full, part = tmp_path / "full", tmp_path / "part"
     train(cfg_for(tiny_model_dir, *extra, steps=3), full, judge=FakeJudge(), log=lambda *a: None)
     train(cfg_for(tiny_model_dir, *extra, steps=2), part, judge=FakeJudge(), log=lambda *a: None)
@@ -57,6 +57,41 @@ def test_resume_reproduces_the_next_step_exactly(tiny_model_dir, tmp_path, extra
     for key in ("loss/policy", "kl/mean", "reward/defender_mean", "loss/grad_norm"):
         assert a[key] == b[key], key
     assert (full / "games" / "step_3.jsonl").read_text() == (part / "games" / "step_3.jsonl").read_text()
+
+
+def test_full_finetune_resume_loads_the_checkpoint_as_the_policy(tiny_model_dir, tmp_path, monkeypatch):
+    """A full fine-tune resumes with two models in memory, as a fresh run has: the base as loaded is
+    the reference, the checkpoint's weights are the policy. No copy of the base is made to be
+    overwritten (a third model, 16 GB more for paper-8b's)."""
+    from transformers import AutoModelForCausalLM
+
+    from selfredteam.rl import model as model_mod
+    from selfredteam.rl.model import build_trainable
+
+    cfg = cfg_for(tiny_model_dir, "train.full_finetune=true", steps=1)
+    run = tmp_path / "run"
+    train(cfg, run, judge=FakeJudge(), log=lambda *a: None)
+    ckpt = find_checkpoint(run)
+
+    deepcopy = model_mod.copy.deepcopy
+
+    def no_model_copy(x, *a, **kw):
+        if isinstance(x, torch.nn.Module):
+            raise AssertionError("the base model was copied on resume")
+        return deepcopy(x, *a, **kw)
+
+    monkeypatch.setattr(model_mod.copy, "deepcopy", no_model_copy)
+    policy = build_trainable(cfg, ckpt=ckpt)
+    dtype = next(policy.model.parameters()).dtype  # what model.dtype=auto picked on this CPU
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=dtype).state_dict()
+    saved = AutoModelForCausalLM.from_pretrained(str(ckpt / "model"), dtype=dtype, use_safetensors=True).state_dict()
+    ref, pol = policy._reference.state_dict(), policy.model.state_dict()
+    assert all(torch.equal(ref[k], base[k]) for k in base)
+    assert all(torch.equal(pol[k], saved[k]) for k in saved)
+    assert any(not torch.equal(base[k], saved[k]) for k in base)  # the step changed the weights
+    assert policy.model.training and not policy._reference.training
+    assert not any(p.requires_grad for p in policy._reference.parameters())
+    assert all(p.requires_grad for p in policy.trainable_parameters())
 
 
 def test_resume_without_latest_continues_from_the_newest_complete_step(tiny_model_dir, tmp_path):
